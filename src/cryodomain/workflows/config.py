@@ -1,0 +1,178 @@
+"""The one configuration object of a training run, validated with pydantic.
+
+Defaults are the published cryoSPHERE defaults (METHOD.md). A YAML file may set any subset of the
+fields; command-line flags override it; the resolved configuration is written to ``RUN/config.yaml``
+so a run can be repeated exactly. Unknown keys and bad values are input errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from cryodomain.errors import input_error
+from cryodomain.io.atomic import atomic_output
+from cryodomain.model.schedules import BetaSchedule
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Schedule(_Strict):
+    """A loss weight over epochs: constant, linear ramp over ``ramp_epochs`` (default half the
+    epochs) or cyclical (``n_cycles`` cycles, ramping over ``ramp_fraction`` of each)."""
+
+    kind: Literal["constant", "linear", "cyclical"] = "constant"
+    value: float = Field(ge=0.0)
+    ramp_epochs: PositiveInt | None = None
+    n_cycles: PositiveInt = 5
+    ramp_fraction: float = Field(0.5, gt=0.0, le=1.0)
+
+    def build(self) -> BetaSchedule:
+        return BetaSchedule(
+            kind=self.kind,
+            value=self.value,
+            ramp_epochs=self.ramp_epochs,
+            n_cycles=self.n_cycles,
+            ramp_fraction=self.ramp_fraction,
+        )
+
+
+class SegmentValues(_Strict):
+    """Values of the Gaussian mixture over residue index of one part (local index 0..R_p-1).
+
+    ``None`` means the "uniform" default: centres evenly spaced, widths R_p/K, logits 0.
+    """
+
+    centres: list[float] | None = None
+    centre_std: PositiveFloat = 10.0
+    widths: list[PositiveFloat] | None = None
+    width_std: PositiveFloat = 10.0
+    proportions: list[float] | None = None
+    proportion_std: PositiveFloat = 1.0
+
+
+class Part(_Strict):
+    """A residue range of one chain segmented on its own; residues outside every part stay fixed."""
+
+    chain: str
+    first_residue: int | None = None
+    last_residue: int | None = None
+    n_segments: PositiveInt
+    init: SegmentValues = SegmentValues()
+    prior: Literal["uniform"] | SegmentValues = "uniform"
+
+    @model_validator(mode="after")
+    def _check(self) -> "Part":
+        if self.first_residue is not None and self.last_residue is not None and self.first_residue > self.last_residue:
+            raise ValueError(f"first_residue {self.first_residue} is after last_residue {self.last_residue}")
+        for values in (self.init, self.prior):
+            if isinstance(values, SegmentValues):
+                for name in ("centres", "widths", "proportions"):
+                    listed = getattr(values, name)
+                    if listed is not None and len(listed) != self.n_segments:
+                        raise ValueError(f"{name} lists {len(listed)} values for {self.n_segments} segments")
+        return self
+
+
+class ModelConfig(_Strict):
+    latent_dim: PositiveInt = 8
+    encoder_hidden: list[PositiveInt] = [512, 256, 64, 64]
+    decoder_hidden: list[PositiveInt] = [512, 512]
+    amortized: bool = True
+    n_segments: PositiveInt = 20
+    parts: list[Part] | None = None
+    tau: PositiveFloat = 0.05
+    sigma_A: PositiveFloat = 2.0
+
+
+class LossConfig(_Strict):
+    latent_kl: Schedule = Schedule(kind="linear", value=1.0)
+    centres_kl: Schedule = Schedule(kind="linear", value=1.0)
+    widths_kl: Schedule = Schedule(kind="linear", value=1.0)
+    proportions_kl: Schedule = Schedule(kind="cyclical", value=1.0, n_cycles=5, ramp_fraction=0.5)
+    continuity: Schedule = Schedule(kind="constant", value=0.1)
+    clash: Schedule = Schedule(kind="constant", value=0.1)
+    l2: Schedule = Schedule(kind="constant", value=1e-6)
+    clash_mode: Literal["light", "full", "off"] = "light"
+    clash_cutoff_A: PositiveFloat = 4.0
+
+
+class DataConfig(_Strict):
+    datadir: str | None = None
+    invert_contrast: bool = False
+    lowpass_A: PositiveFloat | None = None
+    mask_radius_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    normalization_sample: PositiveInt = 1000
+
+
+class OptimConfig(_Strict):
+    epochs: PositiveInt = 300
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 3e-5
+    segmentation_lr: PositiveFloat = 3e-4
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = False
+    grad_clip: PositiveFloat | None = None
+    num_workers: int = Field(0, ge=0)
+
+
+class RunConfig(_Strict):
+    """Everything that defines a training run."""
+
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    problem = first["msg"]
+    if first["type"] == "extra_forbidden":
+        problem = "unknown key"
+    return f"{where}: {problem}" + (f" (got {first['input']!r})" if first["type"] != "extra_forbidden" and "input" in first and not isinstance(first["input"], dict) else "")
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
+
+    ``overrides`` maps dotted names (``"optim.epochs"``) to values, e.g. from CLI flags; ``None``
+    values are ignored.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as error:
+            raise input_error(path, None, f"cannot read config ({error.strerror})", "check the path") from None
+        except yaml.YAMLError as error:
+            raise input_error(path, None, f"not valid YAML ({str(error).splitlines()[0]})", "fix the syntax") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise input_error(path, None, "the config must be a mapping of sections", "see README, Configuration")
+        raw = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise input_error(path or "command line", None, _format_validation_error(error), "see README, Configuration") from None
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
