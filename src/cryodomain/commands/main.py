@@ -19,6 +19,9 @@ from cryodomain.errors import InputError
 COMMANDS = {
     "demo": "cryodomain.commands.demo",
     "simulate": "cryodomain.commands.simulate",
+    "train": "cryodomain.commands.train",
+    "structures": "cryodomain.commands.structures",
+    "evaluate": "cryodomain.commands.evaluate",
 }
 
 EXIT_INPUT_ERROR = 2

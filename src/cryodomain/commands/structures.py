@@ -1,0 +1,77 @@
+"""Decode the latent mean of chosen images into structures.
+
+Always writes OUT/coords.npy (images x residues x 3, Å, float32, in the frame of the input model;
+images x atoms x 3 with --full-atom); with --format pdb or cif also one multi-model file
+OUT/structures.pdb|cif that ChimeraX plays as a series. Decoding streams to disk.
+
+Examples:
+    cryodomain structures run1 -o run1/structures
+    cryodomain structures run1 -o sel --indices chosen.txt --full-atom --format cif
+    cryodomain structures run1 -o path --z points.npy --format pdb
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cryodomain.errors import input_error
+from cryodomain.io.structure import write_structure
+from cryodomain.workflows.structures import write_coordinates
+from cryodomain.workflows.train import latent_means, load_run, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="training run directory")
+    parser.add_argument("-o", "--outdir", required=True, help="output directory")
+    parser.add_argument("--checkpoint", help="checkpoint to use (default RUN/last.pt)")
+    parser.add_argument("--indices", help="text file of 0-based particle indices (default: all particles)")
+    parser.add_argument("--z", help=".npy file of latent points (M x D) to decode instead of particles")
+    parser.add_argument("--full-atom", action="store_true", help="move every atom with its residue (default CA/C1' only)")
+    parser.add_argument("--format", choices=("npy", "pdb", "cif"), default="npy", help="also write a multi-model file (default npy only)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def read_indices(path: str | Path, n_images: int) -> np.ndarray:
+    try:
+        indices = np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except (OSError, ValueError) as error:
+        raise input_error(path, None, f"cannot read particle indices ({error})", "give one 0-based integer per line") from None
+    if indices.size and (indices.min() < 0 or indices.max() >= n_images):
+        raise input_error(path, None, f"indices must lie in 0..{n_images - 1}", "use 0-based particle indices")
+    return indices
+
+
+def read_latents(path: str | Path, latent_dim: int) -> np.ndarray:
+    try:
+        z = np.load(path)
+    except (OSError, ValueError) as error:
+        raise input_error(path, None, f"cannot read latent points ({error})", "save an (M, D) array with numpy.save") from None
+    z = np.atleast_2d(z).astype(np.float32)
+    if z.shape[1] != latent_dim:
+        raise input_error(path, None, f"points have dimension {z.shape[1]}, the run's latent space {latent_dim}", "pass points of the run's latent space")
+    return z
+
+
+def main(args: argparse.Namespace) -> None:
+    model, state, data = load_run(args.run, args.checkpoint, resolve_device(args.device))
+    out = Path(args.outdir)
+    latent_dim = state["config"]["model"]["latent_dim"]
+    if args.z is not None:
+        z = read_latents(args.z, latent_dim)
+    else:
+        z = latent_means(model, data, state)
+        if args.indices is not None:
+            z = z[read_indices(args.indices, len(z))]
+    atoms_of = data.structure if args.full_atom else None
+    coords = write_coordinates(out / "coords.npy", model, z, atoms_of=atoms_of)
+    log.info("wrote %s %s", out / "coords.npy", tuple(coords.shape))
+    if args.format != "npy":
+        path = out / f"structures.{args.format}"
+        write_structure(path, data.structure, np.asarray(coords), full_atom=args.full_atom)
+        log.info("wrote %d models to %s", len(coords), path)

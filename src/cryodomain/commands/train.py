@@ -1,0 +1,80 @@
+"""Train a cryoSPHERE model on particles with poses and CTF, starting from an atomic model.
+
+The configuration is one YAML file (defaults: the published cryoSPHERE settings); the flags below
+override it. The resolved configuration is written to RUN/config.yaml.
+
+Examples:
+    cryodomain train particles.star --structure model_centered.pdb -o run1
+    cryodomain train J42_particles.cs --datadir /data/J42 --structure model.cif -o run2 --epochs 100
+    cryodomain train particles.star --structure model.pdb -o run1 --resume
+
+Writes RUN/checkpoints/epoch_NNNN.pt, RUN/last.pt, RUN/metrics.csv, RUN/train.log, RUN/config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from cryodomain.errors import input_error
+from cryodomain.workflows.config import RunConfig, load_config
+from cryodomain.workflows.train import train
+
+log = logging.getLogger(__name__)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    defaults = RunConfig()
+    parser.add_argument("particles", help="RELION .star or cryoSPARC .cs file with poses and CTF")
+    parser.add_argument("--structure", required=True, help="atomic model (PDB/mmCIF) in the box-centred frame")
+    parser.add_argument("-o", "--outdir", required=True, help="run directory")
+    parser.add_argument("--config", help="YAML configuration (see README, Configuration)")
+    parser.add_argument("--datadir", help="directory holding the particle stacks (overrides paths in the star/cs file)")
+    parser.add_argument("--epochs", type=int, help=f"number of epochs (default {defaults.optim.epochs})")
+    parser.add_argument("--batch-size", type=int, help=f"images per step (default {defaults.optim.batch_size})")
+    parser.add_argument("--segments", type=int, help=f"segments of the whole model (default {defaults.model.n_segments})")
+    parser.add_argument("--latent-dim", type=int, help=f"latent dimension (default {defaults.model.latent_dim})")
+    parser.add_argument("--lr", type=float, help=f"learning rate of encoder and decoder (default {defaults.optim.lr})")
+    parser.add_argument("--segmentation-lr", type=float, help=f"learning rate of the segmentation (default {defaults.optim.segmentation_lr})")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default auto)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0); CPU runs are repeatable bit for bit")
+    parser.add_argument("--downsample", type=int, metavar="BOX", help="Fourier-crop the images to this box (pixel size scaled)")
+    parser.add_argument("--invert-contrast", action="store_true", default=None, help="the data has dark protein (not RELION's contrast)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --outdir from RUN/last.pt")
+    parser.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
+
+
+def main(args: argparse.Namespace) -> None:
+    run_dir = Path(args.outdir)
+    config_path = args.config
+    if args.resume and config_path is None and (run_dir / "config.yaml").exists():
+        config_path = run_dir / "config.yaml"
+    overrides = {
+        "data.datadir": args.datadir,
+        "data.invert_contrast": args.invert_contrast,
+        "optim.epochs": args.epochs,
+        "optim.batch_size": args.batch_size,
+        "optim.lr": args.lr,
+        "optim.segmentation_lr": args.segmentation_lr,
+        "optim.device": args.device,
+        "optim.seed": args.seed,
+        "model.n_segments": args.segments,
+        "model.latent_dim": args.latent_dim,
+    }
+    config = load_config(config_path, overrides)
+    if (run_dir / "last.pt").exists() and not (args.resume or args.force):
+        raise input_error(run_dir, None, "already holds a trained run", "pass --resume to continue it, --force to start over, or choose another -o")
+    if args.force and not args.resume:
+        for stale in [run_dir / "last.pt", run_dir / "metrics.csv", *sorted((run_dir / "checkpoints").glob("epoch_*.pt"))]:
+            stale.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    try:
+        checkpoint = train(args.particles, args.structure, run_dir, config, resume=args.resume, downsample_box=args.downsample)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    log.info("done: %s", checkpoint)

@@ -1,0 +1,90 @@
+"""The cryoSPHERE model: encoder, decoder and segmentation around a base structure.
+
+``CryoSphere`` holds the learnable pieces and the base structure; image formation (pose, projection,
+CTF) stays in :mod:`cryodomain.physics` and the loss in :mod:`cryodomain.model.losses`, composed by
+the training workflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cryodomain.model.deformation import deform_points, residue_transforms
+from cryodomain.model.networks import Decoder, Encoder, LatentTable
+from cryodomain.model.segmentation import SegmentPart, Segmentation
+
+
+@dataclass(frozen=True)
+class Deformation:
+    """The result of decoding a batch of latents. B images, R residues, K segments."""
+
+    coords: Tensor  # (B, R, 3) deformed residue coordinates, Å
+    rotations: Tensor  # (B, R, 3, 3) per-residue rotation about the origin
+    translations: Tensor  # (B, R, 3) per-residue translation, Å
+    memberships: Tensor  # (B, R, K)
+    segment_rotvecs: Tensor  # (B, K, 3)
+    segment_translations: Tensor  # (B, K, 3)
+
+
+class CryoSphere(nn.Module):
+    """Encoder (amortised or a latent table), decoder and segmentation over a base structure.
+
+    Args:
+        base_coords: ``(R, 3)`` residue coordinates of the base model in the box-centred frame, Å.
+        amplitudes: ``(R,)`` electrons per residue.
+        parts: the segmented residue ranges.
+        box: image side in pixels (encoder input size).
+        n_images: dataset size (used by the non-amortised latent table).
+        latent_dim, encoder_hidden, decoder_hidden, tau, amortized: see METHOD.md.
+    """
+
+    def __init__(
+        self,
+        base_coords: np.ndarray,
+        amplitudes: np.ndarray,
+        parts: Sequence[SegmentPart],
+        box: int,
+        n_images: int,
+        *,
+        latent_dim: int = 8,
+        encoder_hidden: Sequence[int] = (512, 256, 64, 64),
+        decoder_hidden: Sequence[int] = (512, 512),
+        tau: float = 0.05,
+        amortized: bool = True,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("base_coords", torch.as_tensor(base_coords, dtype=torch.float32))
+        self.register_buffer("amplitudes", torch.as_tensor(amplitudes, dtype=torch.float32))
+        self.amortized = amortized
+        self.encoder: nn.Module = (
+            Encoder(box * box, latent_dim, encoder_hidden) if amortized else LatentTable(n_images, latent_dim)
+        )
+        self.segmentation = Segmentation(parts, len(base_coords), tau)
+        self.decoder = Decoder(latent_dim, self.segmentation.n_segments, decoder_hidden)
+
+    def encode(self, images: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent mean and std ``(B, D)`` from encoder input images ``(B, N, N)`` or image indices ``(B,)``."""
+        if self.amortized:
+            return self.encoder(images)
+        return self.encoder(indices)
+
+    def decode(self, z: Tensor, *, sample_segmentation: bool = True) -> Deformation:
+        """Deformed structures for latents ``z`` ``(B, D)``.
+
+        With ``sample_segmentation`` a fresh segmentation is drawn per image (training); without,
+        the variational means are used (analysis).
+        """
+        memberships = self.segmentation(z.shape[0], sample=sample_segmentation)
+        rotvecs, translations = self.decoder(z)
+        residue_rotations, residue_translations = residue_transforms(memberships, rotvecs, translations)
+        coords = deform_points(self.base_coords, residue_rotations, residue_translations)
+        return Deformation(coords, residue_rotations, residue_translations, memberships, rotvecs, translations)
+
+    def network_modules(self) -> list[nn.Module]:
+        """Encoder and decoder: the modules under the L2 penalty and the main learning rate."""
+        return [self.encoder, self.decoder]

@@ -1,0 +1,51 @@
+"""Decoding latents into structures: CA/C1' coordinates and full-atom models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cryodomain.io.atomic import atomic_output
+from cryodomain.io.structure import AtomicModel
+from cryodomain.model.cryosphere import CryoSphere
+from cryodomain.model.deformation import deform_atoms
+
+
+def decode_batches(
+    model: CryoSphere, z: np.ndarray, *, atoms_of: AtomicModel | None = None, batch_size: int = 128, progress: bool = True
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(rows, coords)`` batches of structures decoded from latents ``z`` ``(M, D)``.
+
+    Coordinates are ``(b, R, 3)`` residues, or ``(b, A, 3)`` every atom of ``atoms_of`` (each atom
+    moves with its residue's rigid transform), in Å in the frame of the input model. The
+    segmentation's variational means are used (no sampling).
+    """
+    device = model.base_coords.device
+    if atoms_of is not None:
+        atom_points = torch.as_tensor(atoms_of.atom_coords, dtype=torch.float32, device=device)
+        atom_index = torch.as_tensor(atoms_of.atom_residue_index, device=device)
+    with torch.no_grad():
+        for start in tqdm(range(0, len(z), batch_size), desc="structures", unit="batch", disable=not progress, leave=False):
+            rows = slice(start, min(start + batch_size, len(z)))
+            deformation = model.decode(torch.as_tensor(z[rows], dtype=torch.float32, device=device), sample_segmentation=False)
+            coords = deformation.coords
+            if atoms_of is not None:
+                coords = deform_atoms(atom_points, atom_index, deformation.rotations, deformation.translations)
+            yield rows, coords.cpu().numpy().astype(np.float32)
+
+
+def write_coordinates(path: Path, model: CryoSphere, z: np.ndarray, *, atoms_of: AtomicModel | None = None, progress: bool = True) -> np.ndarray:
+    """Decode ``z`` into ``path`` (``.npy`` ``(M, R or A, 3)`` float32), streamed batch by batch;
+    returns the file memory-mapped."""
+    n_points = atoms_of.n_atoms if atoms_of is not None else model.base_coords.shape[0]
+    with atomic_output(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(z), n_points, 3))
+        for rows, coords in decode_batches(model, z, atoms_of=atoms_of, progress=progress):
+            out[rows] = coords
+        out.flush()
+        del out
+    return np.load(path, mmap_mode="r")

@@ -1,0 +1,504 @@
+"""Training a cryoSPHERE model on particle images with known poses and CTF.
+
+One step: encode -> sample latent and segmentation -> decode segment motions -> deform the base
+structure -> rotate by the particle pose -> project -> CTF -> correlation with the shifted image,
+plus the KL, continuity, clash and L2 terms (METHOD.md). Adam with its own learning rate for the
+segmentation. Every epoch ends with a checkpoint holding everything needed to resume exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cryodomain.errors import input_error
+from cryodomain.io.atomic import atomic_output
+from cryodomain.io.particles import ParticleTable, read_particles
+from cryodomain.io.structure import AtomicModel, read_atomic_model
+from cryodomain.model.cryosphere import CryoSphere
+from cryodomain.model.losses import (
+    all_pairs,
+    clash_loss,
+    clash_pairs_light,
+    continuity_loss,
+    correlation_loss,
+    l2_penalty,
+    latent_kl,
+)
+from cryodomain.model.networks import sample_latent
+from cryodomain.model.segmentation import SegmentPart, uniform_centres, uniform_widths
+from cryodomain.physics.ctf import compute_ctf
+from cryodomain.physics.fourier import apply_fourier_filter
+from cryodomain.physics.render import pixel_coordinates, project_gaussians, rotate_points
+from cryodomain.workflows.config import Part, RunConfig, save_config
+from cryodomain.workflows.data import ParticleBatches, Preprocessor, batch_loader, ctf_parameters, dataset_scale
+
+log = logging.getLogger(__name__)
+
+LOSS_TERMS = ("total", "correlation", "latent_kl", "centres_kl", "widths_kl", "proportions_kl", "continuity", "clash", "l2")
+WEIGHTED_TERMS = ("latent_kl", "centres_kl", "widths_kl", "proportions_kl", "continuity", "clash", "l2")
+# Above this many residues the full clash loss would need R^2 pairs per image: use neighbour pairs.
+FULL_CLASH_MAX_RESIDUES = 3000
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and preflight
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """Everything read from the user's files, checked."""
+
+    table: ParticleTable
+    structure: AtomicModel
+    box: int  # after optional downsampling
+    pixel_size_A: float
+    dataset: ParticleBatches
+
+
+def resolve_parts(config: RunConfig, structure: AtomicModel) -> list[SegmentPart]:
+    """Segment parts as residue index ranges of the structure (the whole model when none are given)."""
+    if not config.model.parts:
+        if config.model.n_segments > structure.n_residues:
+            raise input_error(
+                None, "model.n_segments", f"{config.model.n_segments} segments for {structure.n_residues} residues", "use fewer segments"
+            )
+        return [SegmentPart(np.arange(structure.n_residues), config.model.n_segments)]
+    return [_resolve_part(index, part, structure) for index, part in enumerate(config.model.parts)]
+
+
+def _resolve_part(index: int, part: Part, structure: AtomicModel) -> SegmentPart:
+    field = f"model.parts[{index}]"
+    in_chain = structure.chain_ids == part.chain
+    if not in_chain.any():
+        chains = ", ".join(dict.fromkeys(structure.chain_ids.tolist()))
+        raise input_error(structure.source, f"{field}.chain", f"no chain {part.chain!r} (chains: {chains})", "use one of the listed chains")
+    selected = in_chain.copy()
+    if part.first_residue is not None:
+        selected &= structure.residue_numbers >= part.first_residue
+    if part.last_residue is not None:
+        selected &= structure.residue_numbers <= part.last_residue
+    indices = np.flatnonzero(selected)
+    if indices.size == 0:
+        raise input_error(structure.source, field, f"no residues of chain {part.chain} in {part.first_residue}..{part.last_residue}", "check the residue range")
+    if part.n_segments > indices.size:
+        raise input_error(None, f"{field}.n_segments", f"{part.n_segments} segments for {indices.size} residues", "use fewer segments")
+
+    def values(source, name):
+        if source == "uniform" or source is None:
+            return None
+        value = getattr(source, name)
+        return None if value is None else np.asarray(value, dtype=np.float64)
+
+    prior = part.prior
+    return SegmentPart(
+        residue_indices=indices,
+        n_segments=part.n_segments,
+        init_centres=values(part.init, "centres"),
+        init_centre_std=part.init.centre_std,
+        init_widths=values(part.init, "widths"),
+        init_width_std=part.init.width_std,
+        init_proportions=values(part.init, "proportions"),
+        init_proportion_std=part.init.proportion_std,
+        # The "uniform" prior is the default start values, whatever the custom start values are.
+        prior_centres=values(prior, "centres") if prior != "uniform" else uniform_centres(indices.size, part.n_segments),
+        prior_centre_std=prior.centre_std if prior != "uniform" else 10.0,
+        prior_widths=values(prior, "widths") if prior != "uniform" else uniform_widths(indices.size, part.n_segments),
+        prior_width_std=prior.width_std if prior != "uniform" else 10.0,
+        prior_proportions=values(prior, "proportions") if prior != "uniform" else np.zeros(part.n_segments),
+        prior_proportion_std=prior.proportion_std if prior != "uniform" else 1.0,
+    )
+
+
+def load_training_data(particles: str | Path, structure_path: str | Path, config: RunConfig, downsample_box: int | None = None) -> TrainingData:
+    """Read and check particles and structure; logs one summary block."""
+    table = read_particles(particles, datadir=config.data.datadir)
+    structure = read_atomic_model(structure_path)
+    source = Path(particles).name
+    if len(table) == 0:
+        raise input_error(particles, None, "holds no particles", "check the file")
+    boxes = np.unique(table.image_size)
+    if boxes.size > 1:
+        raise input_error(particles, "rlnImageSize", f"optics groups have different boxes {boxes.tolist()}", "train on one box size (re-extract or split the star file)")
+    pixel_sizes = np.unique(np.round(table.pixel_size_A, 4))
+    if pixel_sizes.size > 1:
+        raise input_error(particles, "rlnImagePixelSize", f"optics groups have different pixel sizes {pixel_sizes.tolist()}", "train on one pixel size")
+    dataset = ParticleBatches(table, box=downsample_box)
+    height, width = dataset.images.image_shape
+    if height != width:
+        raise input_error(particles, "images", f"images are {width} x {height} pixels, not square", "re-extract square particles")
+    box = int(boxes[0])
+    if height != box:
+        raise input_error(particles, "rlnImageSize", f"metadata says {box} px but the stack holds {height} px images", "fix rlnImageSize in the optics table")
+    pixel_size = float(pixel_sizes[0])
+    if downsample_box is not None:
+        if downsample_box > box or downsample_box < 16:
+            raise input_error(None, "--downsample", f"{downsample_box} px is not between 16 and the box {box}", "pick a smaller box")
+        pixel_size = pixel_size * box / downsample_box
+        box = downsample_box
+    if config.optim.batch_size > len(table):
+        raise input_error(None, "optim.batch_size", f"{config.optim.batch_size} is larger than the {len(table)} particles", "use a smaller batch")
+
+    half_width = box // 2 * pixel_size
+    radius = np.linalg.norm(structure.coords, axis=1)
+    outside = int((np.abs(structure.coords[:, :2]).max(axis=1) > half_width - config.model.sigma_A).sum())
+    centroid = structure.coords.mean(axis=0)
+    lines = [
+        f"particles      {len(table)} from {source} ({len(table.optics_group_names)} optics group(s))",
+        f"images         {box} x {box} px at {pixel_size:.4g} Å/px (box {2 * half_width:.0f} Å)",
+        f"structure      {structure.n_residues} residues, {structure.n_atoms} atoms from {Path(structure_path).name}",
+        f"model extent   {radius.max():.1f} Å from the box centre; residue centroid at ({centroid[0]:.1f}, {centroid[1]:.1f}, {centroid[2]:.1f}) Å",
+    ]
+    log.info("preflight:\n  " + "\n  ".join(lines))
+    if np.linalg.norm(centroid) > 0.25 * half_width or outside:
+        raise input_error(
+            structure_path,
+            "coordinates",
+            f"the model is not in the box-centred frame ({outside} residues outside the {2 * half_width:.0f} Å box, centroid {np.linalg.norm(centroid):.0f} Å from the origin)",
+            "run `cryodomain center MODEL CONSENSUS_MAP -o DIR` and train on the centred model",
+        )
+    return TrainingData(table, structure, box, pixel_size, dataset)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepContext:
+    """Constants of the forward model, built once per run on the training device."""
+
+    preprocess: Preprocessor
+    grid: torch.Tensor  # (N,) pixel coordinates, Å
+    sigma_A: float
+    continuity_pairs: torch.Tensor  # (P, 2)
+    clash_pairs: torch.Tensor | None  # (Q, 2)
+    clash_cutoff_A: float
+    n_pixels: int
+
+
+def build_context(model: CryoSphere, data: TrainingData, config: RunConfig, scale: float, device: torch.device) -> StepContext:
+    preprocess = Preprocessor.build(
+        data.box,
+        data.pixel_size_A,
+        scale,
+        lowpass_A=config.data.lowpass_A,
+        mask_radius_fraction=config.data.mask_radius_fraction,
+        invert_contrast=config.data.invert_contrast,
+        device=device,
+    )
+    base = model.base_coords
+    continuity = torch.as_tensor(data.structure.consecutive_pairs(), device=device, dtype=torch.long)
+    mode = config.loss.clash_mode
+    if mode == "full" and data.structure.n_residues > FULL_CLASH_MAX_RESIDUES:
+        log.info("clash loss: %d residues is above %d, using neighbour pairs (light) instead of all pairs", data.structure.n_residues, FULL_CLASH_MAX_RESIDUES)
+        mode = "light"
+    clash_pairs = None
+    if mode == "full":
+        clash_pairs = all_pairs(data.structure.n_residues, device=device)
+    elif mode == "light":
+        clash_pairs = clash_pairs_light(base).to(device)
+    return StepContext(
+        preprocess=preprocess,
+        grid=pixel_coordinates(data.box, data.pixel_size_A, device=device),
+        sigma_A=config.model.sigma_A,
+        continuity_pairs=continuity,
+        clash_pairs=clash_pairs,
+        clash_cutoff_A=config.loss.clash_cutoff_A,
+        n_pixels=data.box * data.box,
+    )
+
+
+def render(model_coords: torch.Tensor, amplitudes: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor, context: StepContext) -> torch.Tensor:
+    """Model images ``(B, N, N)``: pose, projection and CTF (and the data's low-pass and mask)."""
+    view = rotate_points(rotations, model_coords)
+    projections = project_gaussians(view, amplitudes, context.sigma_A, context.grid)
+    fourier_filter = ctf if context.preprocess.lowpass is None else ctf * context.preprocess.lowpass
+    images = apply_fourier_filter(projections, fourier_filter)
+    if context.preprocess.mask is not None:
+        images = images * context.preprocess.mask
+    return images
+
+
+def compute_losses(
+    model: CryoSphere, batch: dict[str, torch.Tensor], table: ParticleTable, context: StepContext, betas: dict[str, float]
+) -> dict[str, torch.Tensor]:
+    """All loss terms of one batch (unweighted) and their weighted ``total``."""
+    device = context.grid.device
+    images = batch["images"].to(device, non_blocking=True)
+    rotations = batch["rotations"].to(device, non_blocking=True)
+    shifts = batch["shifts_A"].to(device, non_blocking=True)
+    encoder_input, target = context.preprocess(images, shifts)
+    mean, std = model.encode(encoder_input, batch["index"].to(device))
+    z = sample_latent(mean, std)
+    deformation = model.decode(z)
+    ctf = compute_ctf(context.preprocess.freqs, ctf_parameters(table, batch["index"].numpy(), device=device))
+    predicted = render(deformation.coords, model.amplitudes, rotations, ctf, context)
+
+    segmentation_kl = model.segmentation.kl_divergence()
+    terms = {
+        "correlation": correlation_loss(predicted, target),
+        "latent_kl": latent_kl(mean, std),
+        "centres_kl": segmentation_kl["centres"],
+        "widths_kl": segmentation_kl["widths"],
+        "proportions_kl": segmentation_kl["proportions"],
+        "continuity": continuity_loss(deformation.coords, model.base_coords, context.continuity_pairs),
+        "clash": clash_loss(deformation.coords, context.clash_pairs, context.clash_cutoff_A)
+        if context.clash_pairs is not None
+        else torch.zeros((), device=device),
+        "l2": l2_penalty(model.network_modules()),
+    }
+    kl_weight = 1.0 / context.n_pixels  # METHOD.md: the KL terms are divided by the number of pixels
+    total = terms["correlation"]
+    for name in WEIGHTED_TERMS:
+        weight = betas[name] * (kl_weight if name.endswith("_kl") else 1.0)
+        total = total + weight * terms[name]
+    terms["total"] = total
+    return terms
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(data: TrainingData, config: RunConfig) -> CryoSphere:
+    return CryoSphere(
+        data.structure.coords,
+        data.structure.amplitudes,
+        resolve_parts(config, data.structure),
+        data.box,
+        len(data.table),
+        latent_dim=config.model.latent_dim,
+        encoder_hidden=config.model.encoder_hidden,
+        decoder_hidden=config.model.decoder_hidden,
+        tau=config.model.tau,
+        amortized=config.model.amortized,
+    )
+
+
+def build_optimizer(model: CryoSphere, config: RunConfig) -> torch.optim.Optimizer:
+    network_params = [p for module in model.network_modules() for p in module.parameters()]
+    return torch.optim.Adam(
+        [
+            {"params": network_params, "lr": config.optim.lr},
+            {"params": list(model.segmentation.parameters()), "lr": config.optim.segmentation_lr},
+        ]
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise input_error(None, "--device", "cuda was requested but no CUDA device is available", "use --device cpu or auto")
+    return torch.device(name)
+
+
+def save_checkpoint(run_dir: Path, epoch: int, model: CryoSphere, optimizer: torch.optim.Optimizer, extra: dict) -> Path:
+    """Write ``checkpoints/epoch_NNNN.pt`` and ``last.pt`` atomically; returns the epoch file."""
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        **extra,
+    }
+    path = run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+    with atomic_output(run_dir / "last.pt") as tmp:
+        shutil.copyfile(path, tmp)
+    return path
+
+
+def betas_at(config: RunConfig, epoch: int) -> dict[str, float]:
+    epochs = config.optim.epochs
+    return {name: getattr(config.loss, name).build()(epoch, epochs) for name in WEIGHTED_TERMS}
+
+
+class MetricsLog:
+    """``metrics.csv``: one row per epoch with the epoch mean of every loss term and the betas."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns = ["epoch", *LOSS_TERMS, *(f"beta_{n}" for n in WEIGHTED_TERMS), "seconds"]
+
+    def truncate(self, last_epoch: int) -> None:
+        """Keep rows up to ``last_epoch`` (a resumed run rewrites what came after its checkpoint)."""
+        rows = self.read()
+        rows = [row for row in rows if int(row["epoch"]) <= last_epoch]
+        self._write(rows)
+
+    def read(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def append(self, row: dict[str, float]) -> None:
+        self._write(self.read() + [{key: row[key] for key in self.columns}])
+
+    def _write(self, rows: list[dict]) -> None:
+        with atomic_output(self.path) as tmp:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows(rows)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def train(
+    particles: str | Path,
+    structure_path: str | Path,
+    run_dir: str | Path,
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    downsample_box: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train (or resume) a run in ``run_dir``; returns the path of the last checkpoint."""
+    run_dir = Path(run_dir)
+    torch.manual_seed(config.optim.seed)
+    np.random.seed(config.optim.seed % 2**32)
+    device = resolve_device(config.optim.device)
+    data = load_training_data(particles, structure_path, config, downsample_box)
+    model = build_model(data, config).to(device)
+    optimizer = build_optimizer(model, config)
+
+    start_epoch = 0
+    scale = None
+    if resume and (run_dir / "last.pt").exists():
+        state = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start_epoch = state["epoch"]
+        scale = state["scale"]
+        log.info("resuming after epoch %d from %s", start_epoch, run_dir / "last.pt")
+    if scale is None:
+        scale = dataset_scale(data.dataset, config.data.normalization_sample, config.optim.seed)
+    context = build_context(model, data, config, scale, device)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    inputs = {
+        "particles": str(Path(particles).resolve()),
+        "structure": str(Path(structure_path).resolve()),
+        "datadir": config.data.datadir,
+        "box": data.box,
+        "pixel_size_A": data.pixel_size_A,
+        "downsample_box": downsample_box,
+        "scale": scale,
+        "config": config.model_dump(mode="json"),
+    }
+    metrics = MetricsLog(run_dir / "metrics.csv")
+    metrics.truncate(start_epoch)
+    writer = _tensorboard(run_dir)
+    last_checkpoint = run_dir / "last.pt"
+    epochs = config.optim.epochs
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        betas = betas_at(config, epoch)
+        sums = {name: 0.0 for name in LOSS_TERMS}
+        n_seen = 0
+        loader = batch_loader(
+            data.dataset,
+            config.optim.batch_size,
+            shuffle=True,
+            seed=config.optim.seed,
+            epoch=epoch,
+            num_workers=config.optim.num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
+        model.train()
+        for step, batch in enumerate(bar):
+            terms = compute_losses(model, batch, data.table, context, betas)
+            for name, value in terms.items():
+                if not torch.isfinite(value):
+                    raise FloatingPointError(
+                        f"the {name} loss is {value.item()} at epoch {epoch + 1}, step {step + 1}; "
+                        f"the last good checkpoint is {last_checkpoint}"
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            if config.optim.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            optimizer.step()
+            size = len(batch["index"])
+            n_seen += size
+            for name in LOSS_TERMS:
+                sums[name] += float(terms[name].detach()) * size
+            bar.set_postfix(loss=f"{sums['total'] / n_seen:.5f}")
+        row = {"epoch": epoch + 1, **{name: sums[name] / n_seen for name in LOSS_TERMS}}
+        row.update({f"beta_{name}": value for name, value in betas.items()})
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        metrics.append(row)
+        if writer is not None:
+            for name in LOSS_TERMS:
+                writer.add_scalar(f"loss/{name}", row[name], epoch + 1)
+        log.info("epoch %d/%d  loss %.6f  correlation %.6f  (%.1f s)", epoch + 1, epochs, row["total"], row["correlation"], row["seconds"])
+        save_checkpoint(run_dir, epoch + 1, model, optimizer, inputs)
+    if writer is not None:
+        writer.close()
+    return last_checkpoint
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[CryoSphere, dict, TrainingData]:
+    """Rebuild a trained model, its saved state and its data from a run directory."""
+    run_dir = Path(run_dir)
+    path = Path(checkpoint) if checkpoint is not None else run_dir / "last.pt"
+    if not path.exists():
+        raise input_error(path, None, "no checkpoint found", "train first, or pass --checkpoint")
+    state = torch.load(path, map_location=device, weights_only=False)
+    config = RunConfig.model_validate(state["config"])
+    data = load_training_data(state["particles"], state["structure"], config, state.get("downsample_box"))
+    model = build_model(data, config).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state, data
+
+
+def latent_means(model: CryoSphere, data: TrainingData, state: dict, batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """Latent mean of every image, in particle order: ``(N, D)`` float32."""
+    config = RunConfig.model_validate(state["config"])
+    device = model.base_coords.device
+    context_pre = Preprocessor.build(
+        data.box,
+        data.pixel_size_A,
+        state["scale"],
+        lowpass_A=config.data.lowpass_A,
+        mask_radius_fraction=config.data.mask_radius_fraction,
+        invert_contrast=config.data.invert_contrast,
+        device=device,
+    )
+    out = np.empty((len(data.table), config.model.latent_dim), dtype=np.float32)
+    loader = batch_loader(data.dataset, batch_size, shuffle=False)
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="latents", unit="batch", disable=not progress, leave=False):
+            encoder_input, _ = context_pre(batch["images"].to(device), batch["shifts_A"].to(device))
+            mean, _ = model.encode(encoder_input, batch["index"].to(device))
+            out[batch["index"].numpy()] = mean.cpu().numpy()
+    return out
