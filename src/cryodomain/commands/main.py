@@ -22,6 +22,7 @@ COMMANDS = {
     "train": "cryodomain.commands.train",
     "structures": "cryodomain.commands.structures",
     "evaluate": "cryodomain.commands.evaluate",
+    "center": "cryodomain.commands.center",
 }
 
 EXIT_INPUT_ERROR = 2
