@@ -1,0 +1,194 @@
+"""Per-particle metadata (images, poses, CTF, optics) read from RELION ``.star`` or cryoSPARC ``.cs``.
+
+Everything is stored in cryodomain's conventions (see :mod:`cryodomain.io.poses`): rotation
+matrices ``A`` (model -> view), shifts in Å with RELION's ``rlnOriginX/YAngst`` sign, angles in
+radians, 0-based image indices and absolute stack paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryodomain.errors import input_error
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ParticleTable:
+    """Per-particle metadata in cryodomain's conventions (io/poses.py). N particles. Radians inside.
+
+    Attributes:
+        image_paths: ``(N,)`` str, absolute path of the stack file holding each image.
+        image_indices: ``(N,)`` int64, 0-based index of the image in its stack.
+        rotations: ``(N, 3, 3)`` float64, matrix ``A`` (model -> view).
+        shifts_A: ``(N, 2)`` float64, ``(x, y)`` in Å, RELION ``rlnOriginX/YAngst`` sign.
+        defocus_u_A: ``(N,)`` float64 Å.
+        defocus_v_A: ``(N,)`` float64 Å.
+        defocus_angle_rad: ``(N,)`` float64 radians.
+        voltage_kv: ``(N,)`` float64 kV.
+        spherical_aberration_mm: ``(N,)`` float64 mm.
+        amplitude_contrast: ``(N,)`` float64, fraction.
+        phase_shift_rad: ``(N,)`` float64 radians.
+        bfactor_A2: ``(N,)`` float64 CTF B-factor in Å², 0 when absent.
+        pixel_size_A: ``(N,)`` float64 Å.
+        image_size: ``(N,)`` int64 box in pixels.
+        optics_group: ``(N,)`` int64, 1-based as in RELION.
+        optics_group_names: optics group number -> name.
+        source: the file it came from, for messages.
+        extra: the original particle rows, all columns, index ``0..N-1`` (kept to write subsets
+            with the user's columns), or None.
+    """
+
+    image_paths: np.ndarray
+    image_indices: np.ndarray
+    rotations: np.ndarray
+    shifts_A: np.ndarray
+    defocus_u_A: np.ndarray
+    defocus_v_A: np.ndarray
+    defocus_angle_rad: np.ndarray
+    voltage_kv: np.ndarray
+    spherical_aberration_mm: np.ndarray
+    amplitude_contrast: np.ndarray
+    phase_shift_rad: np.ndarray
+    bfactor_A2: np.ndarray
+    pixel_size_A: np.ndarray
+    image_size: np.ndarray
+    optics_group: np.ndarray
+    optics_group_names: dict[int, str]
+    source: str
+    extra: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.image_paths)
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray) and len(value) != n:
+                raise ValueError(f"ParticleTable.{field.name} has {len(value)} rows, expected {n}")
+        if self.extra is not None and len(self.extra) != n:
+            raise ValueError(f"ParticleTable.extra has {len(self.extra)} rows, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def subset(self, indices: np.ndarray) -> ParticleTable:
+        """The particles at ``indices`` (``(M,)`` int positions, or an ``(N,)`` bool mask), in that order."""
+        indices = np.asarray(indices)
+        if indices.dtype == bool:
+            indices = np.flatnonzero(indices)
+        indices = indices.astype(np.int64, copy=False)
+        changes: dict[str, object] = {
+            field.name: getattr(self, field.name)[indices]
+            for field in fields(self)
+            if isinstance(getattr(self, field.name), np.ndarray)
+        }
+        changes["optics_group_names"] = dict(self.optics_group_names)
+        if self.extra is not None:
+            changes["extra"] = self.extra.iloc[indices].reset_index(drop=True)
+        return replace(self, **changes)
+
+
+def read_particles(path: str | Path, datadir: str | Path | None = None) -> ParticleTable:
+    """Read particle metadata from a RELION ``.star`` or cryoSPARC ``.cs`` file.
+
+    Args:
+        path: the metadata file; its extension picks the reader.
+        datadir: optional folder holding the image stacks (cryoDRGN's ``--datadir``).
+
+    Returns:
+        The :class:`ParticleTable`.
+    """
+    # Imported here because both readers import ParticleTable from this module.
+    from cryodomain.io.cryosparc import read_cryosparc
+    from cryodomain.io.star import read_star
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".star":
+        return read_star(path, datadir=datadir)
+    if suffix == ".cs":
+        return read_cryosparc(path, datadir=datadir)
+    raise input_error(path, None, f"unknown particle file type {suffix or '(no extension)'!r}", "give a RELION .star or a cryoSPARC .cs file")
+
+
+def resolve_stack_paths(
+    paths: np.ndarray,
+    metadata_path: str | Path,
+    field: str,
+    datadir: str | Path | None = None,
+) -> np.ndarray:
+    """Absolute paths of the image stacks named in a metadata file.
+
+    For each path the first existing candidate wins: with ``datadir``, ``datadir/path`` then
+    ``datadir/basename(path)`` (cryoDRGN's ``--datadir``); then the path itself if absolute, else
+    relative to the metadata file's folder; then relative to the working directory (a RELION project
+    folder, whose paths RELION writes).
+
+    Args:
+        paths: ``(N,)`` str, stack paths as written in the file.
+        metadata_path: the ``.star`` / ``.cs`` file, for resolving and for messages.
+        field: the column the paths come from, for messages.
+        datadir: optional folder holding the stacks.
+
+    Returns:
+        ``(N,)`` str absolute paths.
+
+    Raises:
+        InputError: a stack exists under none of the candidates.
+    """
+    paths = np.asarray(paths, dtype=str)
+    metadata_dir = Path(metadata_path).absolute().parent
+    unique_paths, inverse = np.unique(paths, return_inverse=True)
+    resolved = []
+    for written in unique_paths:
+        candidates = []
+        if datadir is not None:
+            candidates += [Path(datadir) / written, Path(datadir) / os.path.basename(written)]
+        if os.path.isabs(written):
+            candidates.append(Path(written))
+        else:
+            candidates += [metadata_dir / written, Path.cwd() / written]
+        found = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if found is None:
+            tried = ", ".join(dict.fromkeys(str(candidate) for candidate in candidates))
+            raise input_error(
+                metadata_path, field, f"image stack {written!r} not found (tried {tried})",
+                "pass --datadir with the folder that holds the stacks",
+            )
+        resolved.append(os.path.abspath(found))
+    return np.asarray(resolved, dtype=str)[inverse]
+
+
+def group_optics(
+    pixel_size_A: np.ndarray,
+    image_size: np.ndarray,
+    voltage_kv: np.ndarray,
+    spherical_aberration_mm: np.ndarray,
+    amplitude_contrast: np.ndarray,
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Number the distinct optics settings, for files that store optics per particle.
+
+    Args:
+        pixel_size_A, image_size, voltage_kv, spherical_aberration_mm, amplitude_contrast: ``(N,)``.
+
+    Returns:
+        ``(N,)`` int64 1-based group numbers in order of first appearance, and their names
+        ``opticsGroup<k>`` (RELION's default naming).
+    """
+    settings = pd.DataFrame(
+        {
+            "pixel_size": pixel_size_A,
+            "box": image_size,
+            "voltage": voltage_kv,
+            "cs": spherical_aberration_mm,
+            "amplitude_contrast": amplitude_contrast,
+        }
+    )
+    codes = settings.groupby(list(settings.columns), sort=False).ngroup().to_numpy(dtype=np.int64) + 1
+    names = {int(group): f"opticsGroup{int(group)}" for group in np.unique(codes)}
+    return codes, names
