@@ -8,8 +8,6 @@ images are copied out. A single 2-D ``.mrc`` image counts as a stack of one.
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +17,13 @@ import numpy as np
 from mrcfile.mrcmemmap import MrcMemmap
 
 from cryodomain.errors import input_error
+from cryodomain.io.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
 
 # Enough to keep every stack of a typical dataset open, few enough to stay under the usual limit of
 # 1024 file descriptors when particles come from thousands of per-micrograph stacks.
 DEFAULT_MAX_OPEN_FILES = 256
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A fresh hidden file name next to ``path``, for writing then :func:`os.replace` (same filesystem).
-
-    The caller creates the file, so it gets the user's umask permissions (unlike ``mkstemp``'s 0600).
-    """
-    return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
 
 
 @dataclass(frozen=True)
@@ -222,15 +213,9 @@ def write_stack(path: str | Path, images: np.ndarray, pixel_size_A: float) -> No
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3:
         raise ValueError(f"images must be (n, H, W), got shape {images.shape}")
-    path = Path(path)
-    temp_name = temporary_sibling(path)
-    try:
-        with mrcfile.new(temp_name, overwrite=True) as mrc:
+    with atomic_output(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(images)
             mrc.set_image_stack()
             mrc.voxel_size = float(pixel_size_A)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
     logger.debug("wrote %d images of %dx%d to %s", images.shape[0], images.shape[1], images.shape[2], path)

@@ -16,9 +16,10 @@ import pandas as pd
 import starfile
 
 from cryodomain.errors import input_error
+from cryodomain.io.atomic import atomic_output
 from cryodomain.io.particles import ParticleTable, group_optics, resolve_stack_paths
 from cryodomain.io.poses import matrix_to_relion_euler, relion_euler_to_matrix
-from cryodomain.io.stack import read_stack_header, temporary_sibling
+from cryodomain.io.stack import read_stack_header
 
 logger = logging.getLogger(__name__)
 
@@ -168,13 +169,8 @@ def write_star(path: str | Path, table: ParticleTable) -> None:
         kept = [c for c in table.extra.columns if c not in particles.columns and c not in _OPTICS_OR_SUPERSEDED_COLUMNS]
         particles = pd.concat([particles, table.extra[kept].reset_index(drop=True)], axis=1)
 
-    temp_path = temporary_sibling(path)
-    try:
-        starfile.write({"optics": optics, "particles": particles}, temp_path)
-        os.replace(temp_path, path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        starfile.write({"optics": optics, "particles": particles}, tmp)
     logger.info("wrote %d particles (%d optics group(s)) to %s", len(particles), len(optics), path)
 
 
