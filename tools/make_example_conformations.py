@@ -31,7 +31,12 @@ from cryodomain.examples import (
     STATE_A,
     STATE_B,
 )
-from cryodomain.io.structure import AtomicModel, center_of_residues, read_atomic_model, write_structure
+from cryodomain.io.structure import (
+    AtomicModel,
+    center_of_residues,
+    read_atomic_model,
+    write_structure,
+)
 
 logger = logging.getLogger("make_example_conformations")
 
@@ -59,8 +64,10 @@ def rotate_domain(
     Returns:
         A copy of ``model`` with the range's residues and atoms moved.
     """
-    in_domain = (model.chain_ids == chain) & (model.residue_numbers >= residues[0]) & (
-        model.residue_numbers <= residues[1]
+    in_domain = (
+        (model.chain_ids == chain)
+        & (model.residue_numbers >= residues[0])
+        & (model.residue_numbers <= residues[1])
     )
     atom_in_domain = in_domain[model.atom_residue_index]
     # The axis passes through both hinge CAs, so they are fixed points of the motion.
@@ -76,11 +83,16 @@ def rotate_domain(
     return model.with_coords(coords, atom_coords)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` (default: the command line) and write both states."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=SOURCE_STRUCTURE, help="input structure (default: %(default)s)")
-    parser.add_argument("--output-dir", type=Path, default=STATE_A.parent, help="where to write (default: %(default)s)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--source", type=Path, default=SOURCE_STRUCTURE, help="input structure (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, default=STATE_A.parent, help="where to write (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     model = read_atomic_model(args.source)
@@ -96,8 +108,16 @@ def main() -> None:
     moved = np.linalg.norm(state_b.coords - state_a.coords, axis=1)
     moved = moved[moved > 0]
     logger.info(
-        "wrote %s and %s: %d residues, %d atoms; %d residues of chain %s moved by %.2f A on average (max %.2f A)",
-        path_a, path_b, model.n_residues, model.n_atoms, len(moved), MOVED_CHAIN, moved.mean(), moved.max(),
+        "wrote %s and %s: %d residues, %d atoms; %d residues of chain %s moved by %.2f A on average "
+        "(max %.2f A)",
+        path_a,
+        path_b,
+        model.n_residues,
+        model.n_atoms,
+        len(moved),
+        MOVED_CHAIN,
+        moved.mean(),
+        moved.max(),
     )
 
 

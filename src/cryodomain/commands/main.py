@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_args(subparser)
-        subparser.set_defaults(run=module.main)
+        subparser.set_defaults(command_main=module.main)
     return parser
 
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.debug)
     try:
-        args.run(args)
+        args.command_main(args)
     except InputError as error:
         if args.debug:
             raise

@@ -1,0 +1,497 @@
+"""Read and write atomic models (PDB / mmCIF) with gemmi.
+
+cryoSPHERE works on one pseudo-atom per residue: the CA atom of an amino acid or the C1' atom of a
+nucleotide, weighted by the residue's electrons (the sum of the atomic numbers of all its atoms).
+The full atoms are kept too, so that outputs can move every atom with its residue.
+
+Reading keeps only amino acids and nucleotides (as classified by gemmi's residue tables; CHARMM's
+HSD/HSE/HSP are read as HIS), drops alternate conformations (first altloc kept), waters, ions and
+ligands, and keeps file order with chains concatenated. Coordinates are in Å.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import gemmi
+import numpy as np
+
+from cryodomain.errors import input_error
+from cryodomain.io.atomic import atomic_output
+
+logger = logging.getLogger(__name__)
+
+READ_EXTENSIONS = (".pdb", ".ent", ".cif", ".mmcif")
+CHARMM_HISTIDINES = {"HSD": "HIS", "HSE": "HIS", "HSP": "HIS"}
+AMINO_ACID_ATOM = "CA"
+NUCLEOTIDE_ATOM = "C1'"
+# Old PDB files (before 2007 remediation) spell the sugar atoms with '*' instead of a prime.
+NUCLEOTIDE_ATOM_LEGACY = "C1*"
+
+
+@dataclass(frozen=True, eq=False)
+class AtomicModel:
+    """One model of a structure file: one pseudo-atom per residue plus every atom.
+
+    Attributes:
+        coords: ``(R, 3)`` float64 Å, CA for amino acids and C1' for nucleotides, in file order with
+            chains concatenated.
+        amplitudes: ``(R,)`` float64 electrons, the sum of atomic numbers of all atoms of the residue.
+        chain_ids: ``(R,)`` str chain name (author chain id).
+        residue_numbers: ``(R,)`` int64 author sequence number.
+        insertion_codes: ``(R,)`` str, ``''`` when none.
+        residue_names: ``(R,)`` str.
+        is_nucleotide: ``(R,)`` bool.
+        atom_coords: ``(A, 3)`` float64 Å.
+        atom_names: ``(A,)`` str.
+        atom_elements: ``(A,)`` str element symbol.
+        atom_electrons: ``(A,)`` float64 atomic number.
+        atom_residue_index: ``(A,)`` int64 index into the residue arrays.
+        source: file name, for messages.
+    """
+
+    coords: np.ndarray
+    amplitudes: np.ndarray
+    chain_ids: np.ndarray
+    residue_numbers: np.ndarray
+    insertion_codes: np.ndarray
+    residue_names: np.ndarray
+    is_nucleotide: np.ndarray
+    atom_coords: np.ndarray
+    atom_names: np.ndarray
+    atom_elements: np.ndarray
+    atom_electrons: np.ndarray
+    atom_residue_index: np.ndarray
+    source: str
+
+    @property
+    def n_residues(self) -> int:
+        """Number of residues R."""
+        return int(self.coords.shape[0])
+
+    @property
+    def n_atoms(self) -> int:
+        """Number of atoms A."""
+        return int(self.atom_coords.shape[0])
+
+    def consecutive_pairs(self) -> np.ndarray:
+        """Indices ``(i, i + 1)`` of neighbouring residues of one chain whose numbers differ by exactly 1.
+
+        Returns:
+            ``(P, 2)`` int64. Gaps in the numbering (missing loops) and chain ends give no pair.
+        """
+        same_chain = self.chain_ids[1:] == self.chain_ids[:-1]
+        next_number = np.diff(self.residue_numbers) == 1
+        first = np.nonzero(same_chain & next_number)[0].astype(np.int64)
+        return np.stack([first, first + 1], axis=1)
+
+    def with_coords(self, coords: np.ndarray, atom_coords: np.ndarray) -> AtomicModel:
+        """Copy of this model with new coordinates.
+
+        Args:
+            coords: ``(R, 3)`` Å residue (CA / C1') positions.
+            atom_coords: ``(A, 3)`` Å positions of all atoms.
+        """
+        coords = np.asarray(coords, dtype=np.float64)
+        atom_coords = np.asarray(atom_coords, dtype=np.float64)
+        if coords.shape != self.coords.shape or atom_coords.shape != self.atom_coords.shape:
+            raise ValueError(
+                f"with_coords expects {self.coords.shape} and {self.atom_coords.shape}, "
+                f"got {coords.shape} and {atom_coords.shape}"
+            )
+        return dataclasses.replace(self, coords=coords.copy(), atom_coords=atom_coords.copy())
+
+
+def read_atomic_model(path: str | Path, model_index: int = 0) -> AtomicModel:
+    """Read one model of a PDB or mmCIF file (optionally gzipped).
+
+    Args:
+        path: ``.pdb``, ``.ent``, ``.cif`` or ``.mmcif`` file, each optionally ``.gz``.
+        model_index: 0-based index of the model to use when the file holds several.
+
+    Returns:
+        The model's amino acids and nucleotides.
+
+    Raises:
+        InputError: unsupported extension, unreadable file, no such model, no CA / C1' atom,
+            or the same residue (chain, number, insertion code) twice.
+    """
+    path = Path(path)
+    structure = _read_gemmi_structure(path)
+    if not 0 <= model_index < len(structure):
+        raise input_error(
+            path,
+            "model",
+            f"model {model_index + 1} requested but the file holds {len(structure)}",
+            f"choose a model between 1 and {len(structure)}",
+        )
+    if len(structure) > 1:
+        logger.info("%s: %d models, using model %d", path.name, len(structure), model_index + 1)
+    return _atomic_model_from_gemmi(structure[model_index], path, report_skipped=True)
+
+
+def read_all_models(path: str | Path) -> list[AtomicModel]:
+    """Read every model of a PDB or mmCIF file (e.g. an NMR ensemble or a written trajectory).
+
+    Args:
+        path: ``.pdb``, ``.ent``, ``.cif`` or ``.mmcif`` file, each optionally ``.gz``.
+
+    Returns:
+        One :class:`AtomicModel` per model, in file order.
+    """
+    path = Path(path)
+    structure = _read_gemmi_structure(path)
+    # Skipped residues are usually the same in every model: report them once.
+    return [
+        _atomic_model_from_gemmi(model, path, report_skipped=index == 0)
+        for index, model in enumerate(structure)
+    ]
+
+
+def center_of_residues(model: AtomicModel) -> np.ndarray:
+    """``(3,)`` float64 Å, the mean of the residue (CA / C1') coordinates."""
+    return model.coords.mean(axis=0)
+
+
+def write_structure(
+    path: str | Path,
+    model: AtomicModel,
+    coords: np.ndarray,
+    *,
+    full_atom: bool,
+    bfactors: np.ndarray | None = None,
+) -> None:
+    """Write coordinates of ``model``'s residues or atoms as a PDB or mmCIF file.
+
+    Several coordinate sets become one multi-model file (MODEL/ENDMDL in PDB, model numbers in
+    mmCIF) that ChimeraX opens as one model series. The file is written atomically.
+
+    Args:
+        path: output file; ``.pdb`` or ``.cif`` / ``.mmcif`` selects the format.
+        model: the template giving names, numbers and chains.
+        coords: with ``full_atom=False``, ``(R, 3)`` or ``(M, R, 3)`` Å positions of the CA / C1'
+            atoms, written alone; with ``full_atom=True``, ``(A, 3)`` or ``(M, A, 3)`` Å positions of
+            all atoms.
+        full_atom: whether ``coords`` holds all atoms or one pseudo-atom per residue.
+        bfactors: ``(R,)`` value for the B-factor column of every atom of each residue (0 if None).
+
+    Raises:
+        InputError: unsupported output extension, or chain names too long for the PDB format.
+        ValueError: ``coords`` or ``bfactors`` of the wrong shape.
+    """
+    path = Path(path)
+    is_pdb = _output_is_pdb(path)
+    coord_sets = _check_write_shapes(model, coords, full_atom, bfactors)
+    if is_pdb:
+        long_names = sorted({name for name in model.chain_ids.tolist() if len(name) > 2})
+        if long_names:
+            raise input_error(
+                path,
+                "chain",
+                f"chain names longer than 2 characters ({', '.join(long_names[:5])}) "
+                "do not fit the PDB format",
+                "write a .cif file instead",
+            )
+    residue_bfactors = (
+        np.zeros(model.n_residues) if bfactors is None else np.asarray(bfactors, dtype=np.float64)
+    )
+
+    structure = gemmi.Structure()
+    structure.name = path.name.split(".")[0]
+    first = _build_gemmi_model(model, coord_sets[0], full_atom, residue_bfactors, 1)
+    structure.add_model(first)
+    written_order = _written_atom_order(model) if full_atom else np.arange(model.n_residues)
+    for number, coord_set in enumerate(coord_sets[1:], start=2):
+        # Later models share the topology of the first: clone it and move the atoms.
+        later = first.clone()
+        later.num = number
+        for atom, xyz in zip(_atoms_in_order(later), coord_set[written_order].tolist()):
+            atom.pos = gemmi.Position(*xyz)
+        structure.add_model(later)
+    # Entities and ATOM/HETATM flags as in deposited files, so viewers draw ribbons for polymers.
+    structure.setup_entities()
+    structure.assign_het_flags()
+    structure.assign_serial_numbers()
+
+    if is_pdb:
+        options = gemmi.PdbWriteOptions()
+        # No unit cell is known; a dummy CRYST1 would make some programs apply symmetry.
+        options.cryst1_record = False
+        text = structure.make_pdb_string(options)
+    else:
+        groups = gemmi.MmcifOutputGroups(True)
+        groups.cell = False
+        groups.symmetry = False
+        text = structure.make_mmcif_document(groups).as_string()
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
+def _supported_read_suffix(path: Path) -> str | None:
+    """The format suffix of ``path`` (``.pdb`` ...), ignoring a trailing ``.gz``; None if unsupported."""
+    name = path.name.lower()
+    name = name.removesuffix(".gz")
+    for extension in READ_EXTENSIONS:
+        if name.endswith(extension):
+            return extension
+    return None
+
+
+def _read_gemmi_structure(path: Path) -> gemmi.Structure:
+    """Parse ``path`` with gemmi, turning every failure into an InputError naming the file."""
+    extension = _supported_read_suffix(path)
+    if extension is None:
+        raise input_error(
+            path,
+            None,
+            "unsupported structure file extension",
+            "use .pdb, .ent, .cif or .mmcif (optionally .gz)",
+        )
+    if not path.is_file():
+        raise input_error(path, None, "file not found", "check the path")
+    file_format = gemmi.CoorFormat.Pdb if extension in (".pdb", ".ent") else gemmi.CoorFormat.Mmcif
+    try:
+        structure = gemmi.read_structure(str(path), format=file_format)
+    except (RuntimeError, ValueError, OSError, UnicodeDecodeError) as error:
+        raise input_error(
+            path,
+            None,
+            f"cannot be read as {'PDB' if file_format == gemmi.CoorFormat.Pdb else 'mmCIF'} ({error})",
+            "check that the file is a complete, uncorrupted structure file",
+        ) from error
+    if len(structure) == 0:
+        raise input_error(path, None, "no models with atoms found", "check that the file holds coordinates")
+    return structure
+
+
+def _residue_kind(residue: gemmi.Residue) -> str:
+    """``'amino'``, ``'nucleotide'``, ``'water'`` or ``'other'`` (ligand, ion) from gemmi's tables."""
+    if residue.is_water():
+        return "water"
+    info = gemmi.find_tabulated_residue(CHARMM_HISTIDINES.get(residue.name, residue.name))
+    if info is None:
+        return "other"
+    if info.is_amino_acid():
+        return "amino"
+    if info.is_nucleic_acid():
+        return "nucleotide"
+    return "water" if info.is_water() else "other"
+
+
+def _representative_atoms(residue: gemmi.Residue, kind: str) -> list[gemmi.Atom]:
+    """The residue's CA (amino acid) or C1' (nucleotide) atoms, all altlocs."""
+    names = (AMINO_ACID_ATOM,) if kind == "amino" else (NUCLEOTIDE_ATOM, NUCLEOTIDE_ATOM_LEGACY)
+    return [atom for atom in residue if atom.name in names]
+
+
+def _check_no_merged_duplicates(gemmi_model: gemmi.Model, path: Path) -> None:
+    """InputError if one (chain, number, insertion code) holds its CA / C1' twice with the same altloc.
+
+    Run before removing alternate conformations, which would silently keep one copy: gemmi's PDB
+    reader merges all records of one residue number into one residue even when the copies are far
+    apart, and reads same-numbered residues of different names as microheterogeneity.
+    Microheterogeneity with distinct altlocs (A / B) is legitimate and passes.
+    """
+    labels: dict[tuple[str, int, str], list[tuple[str, str]]] = {}
+    for chain in gemmi_model:
+        for residue in chain:
+            kind = _residue_kind(residue)
+            if kind not in ("amino", "nucleotide"):
+                continue
+            key = (chain.name, residue.seqid.num, residue.seqid.icode.strip())
+            residue_labels = labels.setdefault(key, [])
+            for atom in _representative_atoms(residue, kind):
+                label = (atom.name, atom.altloc)
+                if label in residue_labels:
+                    raise _duplicate_residue_error(path, key)
+                residue_labels.append(label)
+
+
+def _duplicate_residue_error(path: Path, key: tuple[str, int, str]) -> Exception:
+    chain, number, icode = key
+    return input_error(
+        path,
+        f"chain {chain} residue {number}{icode}",
+        "residue appears more than once",
+        "keep one copy of each residue (or give the copies different chains or numbers)",
+    )
+
+
+def _atomic_model_from_gemmi(gemmi_model: gemmi.Model, path: Path, report_skipped: bool) -> AtomicModel:
+    """Collect amino acids and nucleotides of one gemmi model into an :class:`AtomicModel`."""
+    _check_no_merged_duplicates(gemmi_model, path)
+    # Work on a copy: removing altlocs edits the model in place.
+    gemmi_model = gemmi_model.clone()
+    gemmi_model.remove_alternative_conformations()
+
+    residue_rows: list[tuple] = []
+    atom_rows: list[tuple] = []
+    seen: set[tuple[str, int, str]] = set()
+    waters = 0
+    skipped_ligands: Counter[str] = Counter()
+    missing_representative = 0
+    for chain in gemmi_model:
+        for residue in chain:
+            kind = _residue_kind(residue)
+            if kind == "water":
+                waters += 1
+                continue
+            if kind == "other":
+                skipped_ligands[residue.name] += 1
+                continue
+            number, icode = residue.seqid.num, residue.seqid.icode.strip()
+            representatives = _representative_atoms(residue, kind)
+            if not representatives:
+                missing_representative += 1
+                continue
+            key = (chain.name, number, icode)
+            if key in seen:
+                raise _duplicate_residue_error(path, key)
+            seen.add(key)
+            residue_index = len(residue_rows)
+            electrons = 0.0
+            for atom in residue:
+                atomic_number = float(atom.element.atomic_number)
+                electrons += atomic_number
+                atom_rows.append(
+                    (atom.pos.tolist(), atom.name, atom.element.name, atomic_number, residue_index)
+                )
+            residue_rows.append(
+                (
+                    representatives[0].pos.tolist(),
+                    electrons,
+                    chain.name,
+                    number,
+                    icode,
+                    CHARMM_HISTIDINES.get(residue.name, residue.name),
+                    kind == "nucleotide",
+                )
+            )
+
+    if report_skipped and (waters or skipped_ligands):
+        parts = [f"{waters} water{'s' if waters != 1 else ''}"] if waters else []
+        ligand_count = sum(skipped_ligands.values())
+        if ligand_count:
+            names = ", ".join(sorted(skipped_ligands)[:10]) + (", ..." if len(skipped_ligands) > 10 else "")
+            parts.append(f"{ligand_count} ligand/ion residue{'s' if ligand_count != 1 else ''} ({names})")
+        logger.info("%s: skipped %s", path.name, " and ".join(parts))
+    if missing_representative and report_skipped:
+        logger.warning(
+            "%s: skipped %d amino acid/nucleotide residue%s without a CA or C1' atom",
+            path.name,
+            missing_representative,
+            "s" if missing_representative != 1 else "",
+        )
+    if not residue_rows:
+        raise input_error(
+            path,
+            None,
+            "no CA or C1' atoms of amino acids or nucleotides found",
+            "give a structure file with a protein or nucleic-acid model",
+        )
+    unknown_elements = sum(1 for row in atom_rows if row[3] == 0.0)
+    if unknown_elements and report_skipped:
+        logger.warning("%s: %d atoms of unknown element count 0 electrons", path.name, unknown_elements)
+
+    coords, amplitudes, chain_ids, numbers, icodes, names, nucleotide = zip(*residue_rows)
+    atom_coords, atom_names, atom_elements, atom_electrons, atom_residue = zip(*atom_rows)
+    return AtomicModel(
+        coords=np.array(coords, dtype=np.float64),
+        amplitudes=np.array(amplitudes, dtype=np.float64),
+        chain_ids=np.array(chain_ids, dtype=str),
+        residue_numbers=np.array(numbers, dtype=np.int64),
+        insertion_codes=np.array(icodes, dtype=str),
+        residue_names=np.array(names, dtype=str),
+        is_nucleotide=np.array(nucleotide, dtype=bool),
+        atom_coords=np.array(atom_coords, dtype=np.float64),
+        atom_names=np.array(atom_names, dtype=str),
+        atom_elements=np.array(atom_elements, dtype=str),
+        atom_electrons=np.array(atom_electrons, dtype=np.float64),
+        atom_residue_index=np.array(atom_residue, dtype=np.int64),
+        source=path.name,
+    )
+
+
+def _output_is_pdb(path: Path) -> bool:
+    """True for ``.pdb``, False for ``.cif`` / ``.mmcif``; InputError for anything else."""
+    suffix = path.suffix.lower()
+    if suffix not in (".pdb", ".cif", ".mmcif"):
+        raise input_error(path, None, "unsupported output structure extension", "use .pdb, .cif or .mmcif")
+    return suffix == ".pdb"
+
+
+def _check_write_shapes(
+    model: AtomicModel, coords: np.ndarray, full_atom: bool, bfactors: np.ndarray | None
+) -> np.ndarray:
+    """Validate shapes and return coordinates as ``(M, R or A, 3)`` float64."""
+    coords = np.asarray(coords, dtype=np.float64)
+    expected = model.n_atoms if full_atom else model.n_residues
+    what = "atoms" if full_atom else "residues"
+    if coords.ndim not in (2, 3) or coords.shape[-2:] != (expected, 3):
+        raise ValueError(
+            f"coords must be ({expected}, 3) or (M, {expected}, 3) for {what}, got {coords.shape}"
+        )
+    if coords.ndim == 3 and coords.shape[0] == 0:
+        raise ValueError("coords holds no model")
+    if bfactors is not None and np.shape(bfactors) != (model.n_residues,):
+        raise ValueError(f"bfactors must be ({model.n_residues},), got {np.shape(bfactors)}")
+    return coords if coords.ndim == 3 else coords[None]
+
+
+def _build_gemmi_model(
+    model: AtomicModel, coords: np.ndarray, full_atom: bool, bfactors: np.ndarray, number: int
+) -> gemmi.Model:
+    """One gemmi model with ``model``'s residues and the given ``(R or A, 3)`` Å coordinates."""
+    if full_atom:
+        order = _written_atom_order(model)
+        bounds = np.searchsorted(model.atom_residue_index[order], np.arange(model.n_residues + 1))
+    gemmi_model = gemmi.Model(number)
+    chain = None
+    xyz_list = coords.tolist()
+    for index in range(model.n_residues):
+        chain_id = str(model.chain_ids[index])
+        if chain is None or chain.name != chain_id:
+            if chain is not None:
+                gemmi_model.add_chain(chain)
+            chain = gemmi.Chain(chain_id)
+        residue = gemmi.Residue()
+        residue.name = str(model.residue_names[index])
+        residue.seqid = gemmi.SeqId(
+            int(model.residue_numbers[index]), str(model.insertion_codes[index]) or " "
+        )
+        b_iso = float(bfactors[index])
+        if full_atom:
+            atoms = [
+                (str(model.atom_names[a]), str(model.atom_elements[a]), xyz_list[a])
+                for a in order[bounds[index] : bounds[index + 1]]
+            ]
+        else:
+            name = NUCLEOTIDE_ATOM if model.is_nucleotide[index] else AMINO_ACID_ATOM
+            atoms = [(name, "C", xyz_list[index])]
+        for name, element, xyz in atoms:
+            atom = gemmi.Atom()
+            atom.name = name
+            atom.element = gemmi.Element(element)
+            atom.pos = gemmi.Position(*xyz)
+            atom.occ = 1.0
+            atom.b_iso = b_iso
+            residue.add_atom(atom)
+        chain.add_residue(residue)
+    gemmi_model.add_chain(chain)
+    return gemmi_model
+
+
+def _written_atom_order(model: AtomicModel) -> np.ndarray:
+    """``(A,)`` atom indices grouped by residue, keeping file order within each residue."""
+    return np.argsort(model.atom_residue_index, kind="stable")
+
+
+def _atoms_in_order(gemmi_model: gemmi.Model):
+    """Iterate the atoms of a gemmi model in chain, residue, atom order."""
+    for chain in gemmi_model:
+        for residue in chain:
+            yield from residue
