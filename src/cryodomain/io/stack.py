@@ -218,4 +218,6 @@ def write_stack(path: str | Path, images: np.ndarray, pixel_size_A: float) -> No
             mrc.set_data(images)
             mrc.set_image_stack()
             mrc.voxel_size = float(pixel_size_A)
+            # mrcfile's default label carries the time of writing; a fixed one keeps outputs reproducible.
+            mrc.header.label[0] = b"cryodomain particle stack".ljust(80)
     logger.debug("wrote %d images of %dx%d to %s", images.shape[0], images.shape[1], images.shape[2], path)

@@ -171,7 +171,16 @@ def write_star(path: str | Path, table: ParticleTable) -> None:
 
     with atomic_output(path) as tmp:
         starfile.write({"optics": optics, "particles": particles}, tmp)
+        _replace_timestamp_comment(tmp)
     logger.info("wrote %d particles (%d optics group(s)) to %s", len(particles), len(optics), path)
+
+
+def _replace_timestamp_comment(path: Path) -> None:
+    """starfile stamps the writing time in a comment; drop it so the same table gives the same bytes."""
+    text = path.read_text()
+    first, _, rest = text.partition("\n")
+    if first.startswith("# Created by the starfile"):
+        path.write_text("# Written by cryodomain (RELION 3.1 format)\n" + rest)
 
 
 def _read_blocks(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:

@@ -375,8 +375,13 @@ def train(
     resume: bool = False,
     downsample_box: int | None = None,
     progress: bool = True,
+    stop_after_epoch: int | None = None,
 ) -> Path:
-    """Train (or resume) a run in ``run_dir``; returns the path of the last checkpoint."""
+    """Train (or resume) a run in ``run_dir``; returns the path of the last checkpoint.
+
+    ``stop_after_epoch`` ends the run early after that epoch (its checkpoint written), as an
+    interruption would; ``resume`` then continues it exactly.
+    """
     run_dir = Path(run_dir)
     torch.manual_seed(config.optim.seed)
     np.random.seed(config.optim.seed % 2**32)
@@ -461,6 +466,8 @@ def train(
                 writer.add_scalar(f"loss/{name}", row[name], epoch + 1)
         log.info("epoch %d/%d  loss %.6f  correlation %.6f  (%.1f s)", epoch + 1, epochs, row["total"], row["correlation"], row["seconds"])
         save_checkpoint(run_dir, epoch + 1, model, optimizer, inputs)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
     if writer is not None:
         writer.close()
     return last_checkpoint

@@ -1,0 +1,30 @@
+"""Shared small data made on the fly: a tiny simulation of the bundled example."""
+
+import pytest
+
+from cryodomain.examples import example_structures
+from cryodomain.workflows.simulate import SimulationSettings, simulate
+
+# Small enough for unit tests of whole workflows: 32 px at 4 Å (the 128 Å box of the example).
+TINY = SimulationSettings(n_images=48, box=32, pixel_size_A=4.0, snr=1.0, atoms="residue", seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_simulation(tmp_path_factory):
+    """Paths of a 48-particle simulation of both example states (particles, star, truth, picture)."""
+    out = tmp_path_factory.mktemp("tiny_simulation")
+    return simulate(list(example_structures()), out, TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_config_overrides():
+    """Config overrides that make a training run take seconds."""
+    return {
+        "optim.epochs": 2,
+        "optim.batch_size": 16,
+        "optim.lr": 1e-3,
+        "model.n_segments": 3,
+        "model.latent_dim": 2,
+        "model.encoder_hidden": [32, 16],
+        "model.decoder_hidden": [32],
+    }

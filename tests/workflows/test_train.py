@@ -1,0 +1,66 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cryodomain.errors import InputError
+from cryodomain.examples import STATE_A
+from cryodomain.workflows.config import load_config
+from cryodomain.workflows.train import latent_means, load_run, train
+
+
+def run(tmp_path, simulation, overrides, name="run", **kwargs):
+    config = load_config(None, overrides)
+    train(simulation["star"], STATE_A, tmp_path / name, config, progress=False, **kwargs)
+    return tmp_path / name
+
+
+def test_a_run_writes_checkpoints_metrics_and_config(tmp_path, tiny_simulation, tiny_config_overrides):
+    run_dir = run(tmp_path, tiny_simulation, tiny_config_overrides)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert (run_dir / "last.pt").exists()
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    for term in ("total", "correlation", "latent_kl", "centres_kl", "continuity", "clash", "l2", "beta_latent_kl"):
+        assert np.isfinite(float(rows[-1][term]))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["optim"]["epochs"] == 2 and saved["model"]["n_segments"] == 3
+    # The saved config reproduces the run's configuration exactly.
+    assert load_config(run_dir / "config.yaml") == load_config(None, tiny_config_overrides)
+
+
+def test_same_seed_same_bits_and_resume_continues_exactly(tmp_path, tiny_simulation, tiny_config_overrides):
+    straight = run(tmp_path, tiny_simulation, {**tiny_config_overrides, "optim.epochs": 3}, "straight")
+    again = run(tmp_path, tiny_simulation, {**tiny_config_overrides, "optim.epochs": 3}, "again")
+    # Stop after one epoch, then resume to three.
+    resumed = run(tmp_path, tiny_simulation, {**tiny_config_overrides, "optim.epochs": 3}, "resumed", stop_after_epoch=1)
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["epoch_0001.pt"]
+    run(tmp_path, tiny_simulation, {**tiny_config_overrides, "optim.epochs": 3}, "resumed", resume=True)
+    final = {name: torch.load(d / "last.pt", weights_only=False) for name, d in [("straight", straight), ("again", again), ("resumed", resumed)]}
+    for key, value in final["straight"]["model"].items():
+        assert torch.equal(value, final["again"]["model"][key]), key
+        assert torch.equal(value, final["resumed"]["model"][key]), key
+    metrics = [list(csv.DictReader(open(d / "metrics.csv"))) for d in (straight, resumed)]
+    assert [r["total"] for r in metrics[0]] == [r["total"] for r in metrics[1]]
+
+
+def test_latent_means_are_in_particle_order(tmp_path, tiny_simulation, tiny_config_overrides):
+    run_dir = run(tmp_path, tiny_simulation, tiny_config_overrides)
+    model, state, data = load_run(run_dir)
+    z = latent_means(model, data, state, batch_size=5, progress=False)
+    assert z.shape == (48, 2)
+    single = latent_means(model, data, state, batch_size=48, progress=False)
+    np.testing.assert_allclose(z, single, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_larger_than_the_dataset_is_an_input_error(tmp_path, tiny_simulation, tiny_config_overrides):
+    with pytest.raises(InputError, match="batch_size"):
+        run(tmp_path, tiny_simulation, {**tiny_config_overrides, "optim.batch_size": 500})
+
+
+def test_an_uncentred_model_is_refused_with_a_pointer_to_center(tmp_path, tiny_simulation, tiny_config_overrides):
+    config = load_config(None, tiny_config_overrides)
+    with pytest.raises(InputError, match="cryodomain center"):
+        train(tiny_simulation["star"], STATE_A.parent / "3mht.pdb", tmp_path / "r", config, progress=False)
