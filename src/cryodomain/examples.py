@@ -16,6 +16,8 @@ EXAMPLE_DIR: Path = Path(__file__).resolve().parent / "data"
 SOURCE_STRUCTURE: Path = EXAMPLE_DIR / "3mht.pdb"
 STATE_A: Path = EXAMPLE_DIR / "example_state_a.pdb"
 STATE_B: Path = EXAMPLE_DIR / "example_state_b.pdb"
+# Fast training settings for the example (demo and learning test).
+DEMO_CONFIG: Path = EXAMPLE_DIR / "demo.yaml"
 
 MOVED_CHAIN: str = "A"
 # Inclusive author residue numbers of the rotated block (the target recognition domain).

@@ -79,6 +79,7 @@ def test_train_structures_evaluate_from_the_command_line(tmp_path, tiny_simulati
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert set(summary["rmsd_A"]) == {"median", "mean", "p90"} and summary["n_images"] == 48
+    assert set(summary["by_conformation"]) == {"0", "1"}
     assert (tmp_path / "eval" / "rmsd.csv").read_text().count("\n") == 49
 
 

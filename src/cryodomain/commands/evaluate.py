@@ -13,9 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cryodomain.workflows.evaluate import load_truth, per_image_rmsd, write_report
-from cryodomain.workflows.structures import write_coordinates
-from cryodomain.workflows.train import latent_means, load_run, resolve_device
+from cryodomain.workflows.evaluate import evaluate_run
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -24,16 +22,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--outdir", help="output directory (default RUN/evaluation)")
     parser.add_argument("--checkpoint", help="checkpoint to use (default RUN/last.pt)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-
-
-def evaluate_run(run: str | Path, truth: str | Path, out: Path, checkpoint: str | None = None, device: str = "auto") -> dict:
-    model, state, data = load_run(run, checkpoint, resolve_device(device))
-    truth_coords, conformation = load_truth(truth, len(data.table), data.structure.n_residues)
-    z = latent_means(model, data, state)
-    predicted = write_coordinates(out / "coords.npy", model, z)
-    rmsd = per_image_rmsd(predicted, truth_coords, conformation)
-    baseline = per_image_rmsd(data.structure.coords, truth_coords, conformation)
-    return write_report(out, rmsd, baseline, conformation)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from cryodomain.model.deformation import deform_points, residue_transforms
 from cryodomain.model.networks import Decoder, Encoder, LatentTable
-from cryodomain.model.segmentation import SegmentPart, Segmentation
+from cryodomain.model.segmentation import Segmentation, SegmentPart
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,17 @@ class CryoSphere(nn.Module):
             return self.encoder(images)
         return self.encoder(indices)
 
-    def decode(self, z: Tensor, *, sample_segmentation: bool = True) -> Deformation:
+    def decode(self, z: Tensor, *, sample_segmentation: bool = True, autocast: bool = False) -> Deformation:
         """Deformed structures for latents ``z`` ``(B, D)``.
 
         With ``sample_segmentation`` a fresh segmentation is drawn per image (training); without,
-        the variational means are used (analysis).
+        the variational means are used (analysis). ``autocast`` runs the decoder MLP in bfloat16 on
+        CUDA; the motions are converted back to float32 before they move any coordinate.
         """
         memberships = self.segmentation(z.shape[0], sample=sample_segmentation)
-        rotvecs, translations = self.decoder(z)
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=autocast):
+            rotvecs, translations = self.decoder(z)
+        rotvecs, translations = rotvecs.float(), translations.float()
         residue_rotations, residue_translations = residue_transforms(memberships, rotvecs, translations)
         coords = deform_points(self.base_coords, residue_rotations, residue_translations)
         return Deformation(coords, residue_rotations, residue_translations, memberships, rotvecs, translations)

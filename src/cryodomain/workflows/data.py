@@ -13,12 +13,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+)
 
 from cryodomain.io.particles import ParticleTable
 from cryodomain.io.stack import ParticleImages
 from cryodomain.physics.ctf import CTFParameters
-from cryodomain.physics.fourier import apply_fourier_filter, fourier_crop, frequency_grid, lowpass_filter, shift_filter
+from cryodomain.physics.fourier import (
+    apply_fourier_filter,
+    fourier_crop,
+    frequency_grid,
+    lowpass_filter,
+    shift_filter,
+)
 from cryodomain.physics.masks import circular_mask
 
 log = logging.getLogger(__name__)

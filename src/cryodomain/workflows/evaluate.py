@@ -9,6 +9,8 @@ import numpy as np
 
 from cryodomain.errors import input_error
 from cryodomain.io.atomic import atomic_output
+from cryodomain.workflows.structures import write_coordinates
+from cryodomain.workflows.train import latent_means, load_run, resolve_device
 
 
 def per_image_rmsd(predicted: np.ndarray, truth_coords: np.ndarray, conformation: np.ndarray) -> np.ndarray:
@@ -56,7 +58,26 @@ def write_report(out_dir: Path, rmsd: np.ndarray, baseline: np.ndarray, conforma
     with atomic_output(out_dir / "rmsd.csv") as tmp:
         rows = np.column_stack([np.arange(len(rmsd)), conformation, rmsd, baseline])
         np.savetxt(tmp, rows, delimiter=",", fmt=["%d", "%d", "%.4f", "%.4f"], header="image,conformation,rmsd_A,baseline_rmsd_A", comments="")
-    result = {"n_images": int(len(rmsd)), "rmsd_A": summary(rmsd), "baseline_rmsd_A": summary(baseline)}
+    result = {
+        "n_images": int(len(rmsd)),
+        "rmsd_A": summary(rmsd),
+        "baseline_rmsd_A": summary(baseline),
+        "by_conformation": {
+            str(c): {"n_images": int((conformation == c).sum()), "rmsd_A": summary(rmsd[conformation == c]), "baseline_rmsd_A": summary(baseline[conformation == c])}
+            for c in np.unique(conformation)
+        },
+    }
     with atomic_output(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def evaluate_run(run: str | Path, truth: str | Path, out: Path, checkpoint: str | None = None, device: str = "auto") -> dict:
+    """Decode every particle of a run, score it against the simulation truth, write the report in ``out``."""
+    model, state, data = load_run(run, checkpoint, resolve_device(device))
+    truth_coords, conformation = load_truth(truth, len(data.table), data.structure.n_residues)
+    z = latent_means(model, data, state)
+    predicted = write_coordinates(out / "coords.npy", model, z)
+    rmsd = per_image_rmsd(predicted, truth_coords, conformation)
+    baseline = per_image_rmsd(data.structure.coords, truth_coords, conformation)
+    return write_report(out, rmsd, baseline, conformation)

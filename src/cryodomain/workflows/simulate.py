@@ -16,7 +16,6 @@ from typing import Literal, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cryodomain.errors import input_error
 from cryodomain.io.atomic import atomic_output
@@ -24,11 +23,21 @@ from cryodomain.io.particles import ParticleTable
 from cryodomain.io.stack import write_stack
 from cryodomain.io.star import write_star
 from cryodomain.io.structure import AtomicModel, read_all_models
-from cryodomain.physics.ctf import CTFParameters, compute_ctf
-from cryodomain.physics.fourier import apply_fourier_filter, frequency_grid, shift_filter
-from cryodomain.physics.render import pixel_coordinates, project_gaussians, rotate_points
+from cryodomain.physics.ctf import compute_ctf
+from cryodomain.physics.fourier import (
+    apply_fourier_filter,
+    frequency_grid,
+    shift_filter,
+)
+from cryodomain.physics.render import (
+    pixel_coordinates,
+    project_gaussians,
+    rotate_points,
+)
 from cryodomain.physics.rotations import random_rotations
 from cryodomain.plots import particle_grid
+from cryodomain.progress import progress_bar
+from cryodomain.workflows.data import ctf_parameters
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +190,7 @@ def render_particles(
     amplitudes_per_conformation = [torch.as_tensor(_render_points(m, settings.atoms)[1]) for m in conformations]
     n = len(table)
     images = np.empty((n, box, box), dtype=np.float32)
-    for start in tqdm(range(0, n, settings.batch_size), desc="simulate", unit="batch", leave=False):
+    for start in progress_bar(range(0, n, settings.batch_size), "simulate"):
         stop = min(start + settings.batch_size, n)
         rotations = torch.as_tensor(table.rotations[start:stop])
         batch = torch.empty((stop - start, box, box), dtype=torch.float64)
@@ -189,26 +198,8 @@ def render_particles(
             rows = np.flatnonzero(conformation[start:stop] == c)
             view = rotate_points(rotations[rows], points_per_conformation[c])
             batch[rows] = project_gaussians(view, amplitudes_per_conformation[c], settings.sigma_A, grid)
-        ctf = compute_ctf(freqs, ctf_parameters(table, slice(start, stop)))
+        ctf = compute_ctf(freqs, ctf_parameters(table, slice(start, stop), dtype=torch.float64))
         # The particle centre sits at -shift (RELION origin convention): translate by -shift.
         shift = shift_filter(-torch.as_tensor(table.shifts_A[start:stop]), freqs)
         images[start:stop] = apply_fourier_filter(batch, ctf * shift).numpy()
     return images
-
-
-def ctf_parameters(table: ParticleTable, rows: slice | np.ndarray, dtype: torch.dtype = torch.float64) -> CTFParameters:
-    """CTF parameters of the given rows of a particle table as tensors ``(B,)``."""
-
-    def column(values: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(values[rows]), dtype=dtype)
-
-    return CTFParameters(
-        defocus_u_A=column(table.defocus_u_A),
-        defocus_v_A=column(table.defocus_v_A),
-        defocus_angle_rad=column(table.defocus_angle_rad),
-        voltage_kv=column(table.voltage_kv),
-        spherical_aberration_mm=column(table.spherical_aberration_mm),
-        amplitude_contrast=column(table.amplitude_contrast),
-        phase_shift_rad=column(table.phase_shift_rad),
-        bfactor_A2=column(table.bfactor_A2),
-    )

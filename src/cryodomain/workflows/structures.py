@@ -7,12 +7,12 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cryodomain.io.atomic import atomic_output
 from cryodomain.io.structure import AtomicModel
 from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.model.deformation import deform_atoms
+from cryodomain.progress import progress_bar
 
 
 def decode_batches(
@@ -29,7 +29,7 @@ def decode_batches(
         atom_points = torch.as_tensor(atoms_of.atom_coords, dtype=torch.float32, device=device)
         atom_index = torch.as_tensor(atoms_of.atom_residue_index, device=device)
     with torch.no_grad():
-        for start in tqdm(range(0, len(z), batch_size), desc="structures", unit="batch", disable=not progress, leave=False):
+        for start in progress_bar(range(0, len(z), batch_size), "structures", enabled=progress):
             rows = slice(start, min(start + batch_size, len(z)))
             deformation = model.decode(torch.as_tensor(z[rows], dtype=torch.float32, device=device), sample_segmentation=False)
             coords = deformation.coords

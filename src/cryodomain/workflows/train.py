@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cryodomain.errors import input_error
 from cryodomain.io.atomic import atomic_output
@@ -37,9 +36,20 @@ from cryodomain.model.networks import sample_latent
 from cryodomain.model.segmentation import SegmentPart, uniform_centres, uniform_widths
 from cryodomain.physics.ctf import compute_ctf
 from cryodomain.physics.fourier import apply_fourier_filter
-from cryodomain.physics.render import pixel_coordinates, project_gaussians, rotate_points
+from cryodomain.physics.render import (
+    pixel_coordinates,
+    project_gaussians,
+    rotate_points,
+)
+from cryodomain.progress import progress_bar
 from cryodomain.workflows.config import Part, RunConfig, save_config
-from cryodomain.workflows.data import ParticleBatches, Preprocessor, batch_loader, ctf_parameters, dataset_scale
+from cryodomain.workflows.data import (
+    ParticleBatches,
+    Preprocessor,
+    batch_loader,
+    ctf_parameters,
+    dataset_scale,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +195,8 @@ class StepContext:
     clash_pairs: torch.Tensor | None  # (Q, 2)
     clash_cutoff_A: float
     n_pixels: int
+    # bfloat16 autocast for the encoder and decoder MLPs on CUDA; rendering, CTF and losses stay float32.
+    mixed_precision: bool = False
 
 
 def build_context(model: CryoSphere, data: TrainingData, config: RunConfig, scale: float, device: torch.device) -> StepContext:
@@ -216,6 +228,7 @@ def build_context(model: CryoSphere, data: TrainingData, config: RunConfig, scal
         clash_pairs=clash_pairs,
         clash_cutoff_A=config.loss.clash_cutoff_A,
         n_pixels=data.box * data.box,
+        mixed_precision=config.optim.mixed_precision and device.type == "cuda",
     )
 
 
@@ -239,9 +252,11 @@ def compute_losses(
     rotations = batch["rotations"].to(device, non_blocking=True)
     shifts = batch["shifts_A"].to(device, non_blocking=True)
     encoder_input, target = context.preprocess(images, shifts)
-    mean, std = model.encode(encoder_input, batch["index"].to(device))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=context.mixed_precision):
+        mean, std = model.encode(encoder_input, batch["index"].to(device))
+    mean, std = mean.float(), std.float()
     z = sample_latent(mean, std)
-    deformation = model.decode(z)
+    deformation = model.decode(z, autocast=context.mixed_precision)
     ctf = compute_ctf(context.preprocess.freqs, ctf_parameters(table, batch["index"].numpy(), device=device))
     predicted = render(deformation.coords, model.amplitudes, rotations, ctf, context)
 
@@ -437,7 +452,7 @@ def train(
             num_workers=config.optim.num_workers,
             pin_memory=device.type == "cuda",
         )
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
+        bar = progress_bar(loader, f"epoch {epoch + 1}/{epochs}", enabled=progress)
         model.train()
         for step, batch in enumerate(bar):
             terms = compute_losses(model, batch, data.table, context, betas)
@@ -504,7 +519,7 @@ def latent_means(model: CryoSphere, data: TrainingData, state: dict, batch_size:
     out = np.empty((len(data.table), config.model.latent_dim), dtype=np.float32)
     loader = batch_loader(data.dataset, batch_size, shuffle=False)
     with torch.no_grad():
-        for batch in tqdm(loader, desc="latents", unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(loader, "latents", enabled=progress):
             encoder_input, _ = context_pre(batch["images"].to(device), batch["shifts_A"].to(device))
             mean, _ = model.encode(encoder_input, batch["index"].to(device))
             out[batch["index"].numpy()] = mean.cpu().numpy()
