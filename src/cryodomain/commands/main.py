@@ -21,6 +21,7 @@ COMMANDS = {
     "simulate": "cryodomain.commands.simulate",
     "train": "cryodomain.commands.train",
     "structures": "cryodomain.commands.structures",
+    "analyze": "cryodomain.commands.analyze",
     "evaluate": "cryodomain.commands.evaluate",
     "center": "cryodomain.commands.center",
 }

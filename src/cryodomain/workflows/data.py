@@ -25,7 +25,6 @@ from cryodomain.io.particles import ParticleTable
 from cryodomain.io.stack import ParticleImages
 from cryodomain.physics.ctf import CTFParameters
 from cryodomain.physics.fourier import (
-    apply_fourier_filter,
     fourier_crop,
     frequency_grid,
     lowpass_filter,
@@ -133,13 +132,18 @@ class Preprocessor:
         return cls(box, pixel_size_A, scale, freqs, mask, lowpass, -1.0 if invert_contrast else 1.0)
 
     def __call__(self, images: torch.Tensor, shifts_A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw ``(B, N, N)`` images and shifts ``(B, 2)`` Å -> (encoder input, target), both ``(B, N, N)``."""
+        """Raw ``(B, N, N)`` images and shifts ``(B, 2)`` Å -> (encoder input, target), both ``(B, N, N)``.
+
+        The low-pass filter, when set, applies to both: the encoder then sees less noise.
+        """
         images = images * (self.sign / self.scale)
+        spectrum = torch.fft.fft2(images)
         # Translate by +shift: RELION's origin puts the particle at -shift.
-        fourier_filter = shift_filter(shifts_A, self.freqs)
+        target_filter = shift_filter(shifts_A, self.freqs)
         if self.lowpass is not None:
-            fourier_filter = fourier_filter * self.lowpass
-        target = apply_fourier_filter(images, fourier_filter)
+            target_filter = target_filter * self.lowpass
+            images = torch.fft.ifft2(spectrum * self.lowpass).real
+        target = torch.fft.ifft2(spectrum * target_filter).real
         if self.mask is not None:
             images = images * self.mask
             target = target * self.mask

@@ -1,0 +1,285 @@
+"""`cryodomain analyze` on a small trained run: every output readable by the field's tools."""
+
+import contextlib
+import dataclasses
+import io
+import sys
+import types
+from typing import ClassVar
+
+import gemmi
+import matplotlib.pyplot as plt
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from cryodomain.commands.main import main
+from cryodomain.errors import InputError
+from cryodomain.examples import STATE_A
+from cryodomain.io.star import read_star
+from cryodomain.io.structure import read_atomic_model, write_structure
+from cryodomain.workflows.analyze import (
+    AnalysisSettings,
+    analyze_run,
+    kmeans_latents,
+    latent_pca,
+    metric_curves,
+    nearest_latents,
+    observed_and_model_images,
+    pc_traversal,
+    structure_suffix,
+    write_volume,
+)
+from cryodomain.workflows.config import load_config
+from cryodomain.workflows.structures import decode_batches
+from cryodomain.workflows.train import latent_means, load_run, train
+
+N_IMAGES, N_RESIDUES, N_ATOMS, LATENT_DIM, BOX, APIX = 48, 352, 3115, 2, 32, 4.0
+N_POINTS, N_CLUSTERS = 6, 10
+
+
+class FakeUMAP:
+    """Stands in for umap-learn's UMAP (not installed): a fixed linear embedding."""
+
+    calls: ClassVar[list[dict]] = []
+
+    def __init__(self, **kwargs):
+        FakeUMAP.calls.append(kwargs)
+
+    def fit_transform(self, z):
+        return np.asarray(z)[:, :2] * 10.0 + 1.0
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory, tiny_simulation, tiny_config_overrides):
+    """A trained tiny run analysed from the command line with every option."""
+    root = tmp_path_factory.mktemp("analyze")
+    config = load_config(None, tiny_config_overrides)
+    train(tiny_simulation["star"], STATE_A, root / "run", config, progress=False)
+    out = root / "analysis"
+    summary = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(summary):
+        patch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
+        status = main(
+            ["analyze", str(root / "run"), "-o", str(out), "--points", str(N_POINTS), "--full-atom", "--volumes", "--umap", "--device", "cpu"]
+        )
+    assert status == 0
+    model, state, data = load_run(root / "run")
+    z = latent_means(model, data, state, progress=False)
+    return types.SimpleNamespace(run=root / "run", out=out, summary=summary.getvalue(), model=model, state=state, data=data, z=z, star=tiny_simulation["star"])
+
+
+def test_latent_means_and_pca_spectrum(analysed):
+    z = np.load(analysed.out / "z.npy")
+    assert z.shape == (N_IMAGES, LATENT_DIM)
+    np.testing.assert_allclose(z, analysed.z, atol=1e-6)
+    spectrum = pd.read_csv(analysed.out / "pca_explained_variance.csv")
+    assert list(spectrum.columns) == ["pc", "explained_variance", "explained_variance_ratio"]
+    assert spectrum["pc"].tolist() == [1, 2]
+    assert spectrum["explained_variance_ratio"].sum() == pytest.approx(1.0)
+    assert (np.diff(spectrum["explained_variance"]) <= 0).all()
+    assert np.load(analysed.out / "pca_projections.npy").shape == (N_IMAGES, LATENT_DIM)
+
+
+def test_traversals_are_real_particles_ordered_along_their_pc_and_decoded(analysed):
+    pca = latent_pca(analysed.z)
+    # Three PCs were asked for, but the latent space has two dimensions.
+    assert not (analysed.out / "pc3").exists()
+    for pc in (0, 1):
+        directory = analysed.out / f"pc{pc + 1}"
+        indices = np.loadtxt(directory / "indices.txt", dtype=np.int64)
+        assert indices.shape == (N_POINTS,) and indices.min() >= 0 and indices.max() < N_IMAGES
+        np.testing.assert_allclose(np.load(directory / "z.npy"), analysed.z[indices], atol=1e-6)
+        coordinate = pca.projections[indices, pc]
+        assert (np.diff(coordinate) >= -1e-9).all() and coordinate[-1] > coordinate[0]
+        trajectory = gemmi.read_structure(str(directory / "trajectory.pdb"))
+        assert len(trajectory) == N_POINTS and trajectory[0].count_atom_sites() == N_ATOMS
+        # The last model is the structure decoded at the last traversal point (every atom moved).
+        (_, expected), = decode_batches(analysed.model, analysed.z[indices[-1:]], atoms_of=analysed.data.structure, progress=False)
+        written = np.array([atom.pos.tolist() for chain in trajectory[N_POINTS - 1] for residue in chain for atom in residue])
+        # Files list atoms residue by residue.
+        in_file_order = expected[0][np.argsort(analysed.data.structure.atom_residue_index, kind="stable")]
+        np.testing.assert_allclose(written, in_file_order, atol=2e-3)
+
+
+def test_kmeans_labels_centres_and_star_files_partition_the_particles(analysed):
+    kmeans = analysed.out / "kmeans"
+    labels = np.load(kmeans / "labels.npy")
+    assert labels.shape == (N_IMAGES,) and set(labels.tolist()) <= set(range(N_CLUSTERS))
+    centres = np.loadtxt(kmeans / "centers_indices.txt", dtype=np.int64)
+    assert centres.shape == (N_CLUSTERS,)
+    np.testing.assert_allclose(np.load(kmeans / "centers_z.npy"), analysed.z[centres], atol=1e-6)
+    assert len(gemmi.read_structure(str(kmeans / "centers.pdb"))) == N_CLUSTERS
+
+    original = read_star(analysed.star)
+    original_names = starfile.read(analysed.star)["particles"]["rlnImageName"]
+    seen = []
+    for cluster in range(N_CLUSTERS):
+        path = kmeans / f"cluster_{cluster:02d}.star"
+        members = np.flatnonzero(labels == cluster)
+        assert path.exists() == (members.size > 0)
+        if not members.size:
+            continue
+        # Read back from the new folder: every image must still be found.
+        subset = read_star(path)
+        assert subset.image_paths.tolist() == original.image_paths[members].tolist()
+        assert subset.image_indices.tolist() == original.image_indices[members].tolist()
+        names = starfile.read(path)["particles"]["rlnImageName"]
+        assert [name.split("@")[0] for name in names] == [original_names[i].split("@")[0] for i in members]
+        np.testing.assert_allclose(subset.rotations, original.rotations[members], atol=1e-6)
+        seen += members.tolist()
+    assert sorted(seen) == list(range(N_IMAGES))
+
+
+def test_segments_table_and_bfactor_model(analysed):
+    segment, probability = analysed.model.segmentation.hard_assignment()
+    table = pd.read_csv(analysed.out / "segments.csv", keep_default_na=False)
+    assert list(table.columns) == ["chain", "residue_number", "insertion_code", "residue_name", "segment", "probability"]
+    assert len(table) == N_RESIDUES
+    assert table["segment"].tolist() == segment.tolist()
+    np.testing.assert_allclose(table["probability"], probability, atol=1e-6)
+    structure = analysed.data.structure
+    assert table["residue_number"].tolist() == structure.residue_numbers.tolist()
+    assert table["chain"].astype(str).tolist() == structure.chain_ids.tolist()
+
+    written = gemmi.read_structure(str(analysed.out / "segments.pdb"))
+    assert len(written) == 1 and written[0].count_atom_sites() == N_ATOMS
+    bfactors = [residue[0].b_iso for chain in written[0] for residue in chain]
+    np.testing.assert_allclose(bfactors, segment + 1.0)
+
+
+def test_volumes_are_on_the_data_grid_centred_on_the_model(analysed):
+    maps = sorted(analysed.out.glob("kmeans/center_*.mrc")) + sorted(analysed.out.glob("pc*/point_*.mrc"))
+    assert len(maps) == N_CLUSTERS + 2 * 2
+    assert {path.name for path in analysed.out.glob("pc1/*.mrc")} == {"point_01.mrc", f"point_{N_POINTS:02d}.mrc"}
+    centres = np.loadtxt(analysed.out / "kmeans" / "centers_indices.txt", dtype=np.int64)
+    (_, residues), = decode_batches(analysed.model, analysed.z[centres[:1]], progress=False)
+    amplitudes = analysed.data.structure.amplitudes
+    with mrcfile.open(analysed.out / "kmeans" / "center_00.mrc") as mrc:
+        assert mrc.data.shape == (BOX, BOX, BOX)
+        assert mrc.voxel_size.x == pytest.approx(APIX)
+        origin = np.array([mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z])
+        np.testing.assert_allclose(origin, -(BOX // 2) * APIX)
+        density = np.asarray(mrc.data, dtype=np.float64)
+    # The map's centre of mass, in the header's frame, is the amplitude-weighted residue centroid.
+    axis = origin[0] + np.arange(BOX) * APIX
+    zz, yy, xx = np.meshgrid(axis, axis, axis, indexing="ij")
+    centre_of_mass = np.array([(density * c).sum() for c in (xx, yy, zz)]) / density.sum()
+    expected = (residues[0] * amplitudes[:, None]).sum(0) / amplitudes.sum()
+    np.testing.assert_allclose(centre_of_mass, expected, atol=0.5)
+    # Integral as in the projections: each residue contributes its amplitude times 2 pi sigma^2.
+    sigma = analysed.state["config"]["model"]["sigma_A"]
+    assert density.sum() * APIX**3 == pytest.approx(amplitudes.sum() * 2 * np.pi * sigma**2, rel=0.05)
+
+
+def test_pictures_are_written_and_not_blank(analysed):
+    for name in ("latent_pca.png", "latent_umap.png", "pca_explained_variance.png", "segments.png", "training_curves.png", "images.png"):
+        path = analysed.out / name
+        assert path.stat().st_size > 0, name
+        pixels = plt.imread(path)
+        assert (pixels != pixels[0, 0]).any(), name  # more than one colour
+
+
+def test_umap_embedding_is_saved(analysed):
+    embedding = np.load(analysed.out / "umap.npy")
+    assert embedding.shape == (N_IMAGES, 2)
+    np.testing.assert_allclose(embedding, analysed.z * 10.0 + 1.0, atol=1e-4)
+    assert FakeUMAP.calls[-1]["n_neighbors"] < N_IMAGES
+
+
+def test_summary_says_where_to_look(analysed):
+    assert str(analysed.out / "pc1" / "trajectory.pdb") in analysed.summary
+    assert str(analysed.out / "images.png") in analysed.summary
+    assert str(analysed.out / "kmeans" / "centers.pdb") in analysed.summary
+
+
+def test_model_images_resemble_the_observed_ones(analysed):
+    rows = np.array([0, 7, 21])
+    observed, predicted, correlation = observed_and_model_images(analysed.model, analysed.data, analysed.state, rows)
+    assert observed.shape == predicted.shape == (3, BOX, BOX)
+    # The base model already explains the simulated images: clearly positive correlation.
+    assert (correlation > 0.3).all()
+
+
+def test_training_curves_hold_the_weighted_regularisers(analysed):
+    epochs, losses, regularisers = metric_curves(analysed.run / "metrics.csv", BOX * BOX)
+    metrics = pd.read_csv(analysed.run / "metrics.csv")
+    assert epochs.tolist() == [1, 2]
+    np.testing.assert_allclose(losses["total"], metrics["total"])
+    np.testing.assert_allclose(regularisers["continuity"], metrics["beta_continuity"] * metrics["continuity"])
+    np.testing.assert_allclose(regularisers["latent_kl"], metrics["beta_latent_kl"] * metrics["latent_kl"] / (BOX * BOX))
+
+
+def test_a_second_analysis_into_the_same_folder_leaves_no_stale_clusters(analysed, tmp_path):
+    out = tmp_path / "again"
+    (out / "kmeans").mkdir(parents=True)
+    for stale in ("cluster_07.star", "center_07.mrc"):
+        (out / "kmeans" / stale).write_text("from an earlier analysis")
+    settings = AnalysisSettings(n_pcs=1, n_points=3, n_clusters=2, progress=False)
+    written = analyze_run(analysed.run, out, settings, device="cpu")
+    assert sorted(path.name for path in (out / "kmeans").glob("cluster_*.star")) == ["cluster_00.star", "cluster_01.star"]
+    assert written.cluster_stars == [out / "kmeans" / "cluster_00.star", out / "kmeans" / "cluster_01.star"]
+    assert not list((out / "kmeans").glob("*.mrc")) and written.volumes == []
+    assert len(gemmi.read_structure(str(out / "pc1" / "trajectory.pdb"))) == 3
+    # CA-only structures without --full-atom.
+    assert gemmi.read_structure(str(out / "kmeans" / "centers.pdb"))[0].count_atom_sites() == N_RESIDUES
+
+
+def test_missing_umap_is_an_input_error_naming_the_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "umap", None)  # makes `import umap` fail
+    with pytest.raises(InputError, match="pip install umap-learn"):
+        analyze_run(tmp_path / "no_run", tmp_path / "out", AnalysisSettings(umap=True))
+
+
+@pytest.mark.parametrize("changes, flag", [({"n_points": 1}, "--points"), ({"n_pcs": 0}, "--pcs"), ({"volume_pixel_size_A": -1.0}, "--apix")])
+def test_bad_settings_name_their_flag(tmp_path, changes, flag):
+    with pytest.raises(InputError, match=flag):
+        analyze_run(tmp_path / "no_run", tmp_path / "out", dataclasses.replace(AnalysisSettings(), **changes))
+
+
+def test_nearest_latents_and_traversal_order():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, 4)) * np.array([3.0, 1.0, 0.5, 0.2])
+    assert nearest_latents(z, z[[5, 17, 5]]).tolist() == [5, 17, 5]
+    pca = latent_pca(z)
+    for pc in range(4):
+        indices = pc_traversal(z, pca, pc, 12)
+        coordinate = pca.projections[indices, pc]
+        assert (np.diff(coordinate) >= 0).all()
+    # Along the dominant PC the ends lie near its 5th and 95th percentiles.
+    low, high = np.percentile(pca.projections[:, 0], [5, 95])
+    coordinate = pca.projections[pc_traversal(z, pca, 0, 12), 0]
+    assert abs(coordinate[0] - low) < 0.15 * (high - low) and abs(coordinate[-1] - high) < 0.15 * (high - low)
+
+
+def test_kmeans_makes_at_most_one_cluster_per_image_and_repeats_with_its_seed():
+    z = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0], [-4.0, 3.0]])
+    labels, centres = kmeans_latents(z, 10, seed=3)
+    assert len(centres) == 5 and sorted(labels.tolist()) == [0, 1, 2, 3, 4]
+    rng = np.random.default_rng(1)
+    many = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 8.0])
+    first, first_centres = kmeans_latents(many, 2, seed=3)
+    again, again_centres = kmeans_latents(many, 2, seed=3)
+    assert first.tolist() == again.tolist() and first_centres.tolist() == again_centres.tolist()
+    assert len(set(first[:30])) == 1 and len(set(first[30:])) == 1 and first[0] != first[30]
+    # Each centre is a real image of its own cluster.
+    assert first[first_centres].tolist() == [0, 1]
+
+
+def test_long_chain_names_switch_structures_to_mmcif(tmp_path):
+    structure = read_atomic_model(STATE_A)
+    assert structure_suffix(structure) == ".pdb"
+    renamed = dataclasses.replace(structure, chain_ids=np.char.add(structure.chain_ids, "XYZ"))
+    suffix = structure_suffix(renamed)
+    assert suffix == ".cif"
+    write_structure(tmp_path / f"t{suffix}", renamed, renamed.coords, full_atom=False)
+    assert gemmi.read_structure(str(tmp_path / "t.cif"))[0].count_atom_sites() == N_RESIDUES
+
+
+def test_volume_header_for_a_chosen_grid(tmp_path):
+    write_volume(tmp_path / "v.mrc", np.zeros((20, 20, 20), dtype=np.float32), 5.0)
+    with mrcfile.open(tmp_path / "v.mrc") as mrc:
+        assert mrc.data.shape == (20, 20, 20) and mrc.voxel_size.z == pytest.approx(5.0)
+        assert (mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z) == pytest.approx((-50.0, -50.0, -50.0))
