@@ -34,7 +34,6 @@ def test_training_recovers_the_domain_motion_and_segments_the_domain(tmp_path):
     # and it does not invent motion for state-A images.
     assert np.median(rmsd[moved_images]) < 0.5 * np.median(baseline[moved_images])
     assert np.median(rmsd[~moved_images]) < 1.0
-    assert np.median(rmsd) < 0.6 * np.median(baseline)
 
     # The latent space separates the two states.
     centres = [z[conformation == c].mean(0) for c in (0, 1)]
