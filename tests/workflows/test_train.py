@@ -64,3 +64,42 @@ def test_an_uncentred_model_is_refused_with_a_pointer_to_center(tmp_path, tiny_s
     config = load_config(None, tiny_config_overrides)
     with pytest.raises(InputError, match="cryodomain center"):
         train(tiny_simulation["star"], STATE_A.parent / "3mht.pdb", tmp_path / "r", config, progress=False)
+
+
+def test_parts_move_only_their_residues(tmp_path, tiny_simulation, tiny_config_overrides):
+    """Two parts of chain A with their own segment counts; the DNA is in no part and stays put."""
+    overrides = {
+        **tiny_config_overrides,
+        "model.parts": [
+            {"chain": "A", "first_residue": 1, "last_residue": 185, "n_segments": 2},
+            {"chain": "A", "first_residue": 186, "last_residue": 327, "n_segments": 3, "init": {"centres": [10, 60, 120]}},
+        ],
+        "loss.clash_mode": "full",
+    }
+    run_dir = run(tmp_path, tiny_simulation, overrides)
+    model, state, data = load_run(run_dir)
+    assert model.segmentation.n_segments == 5
+    z = latent_means(model, data, state, progress=False)
+    with torch.no_grad():
+        deformation = model.decode(torch.as_tensor(z[:8]) * 5.0, sample_segmentation=False)
+    dna = data.structure.chain_ids != "A"
+    moved = deformation.coords.numpy() - data.structure.coords[None]
+    assert np.abs(moved[:, dna]).max() < 1e-5  # float32 rounding only
+    assert np.abs(moved[:, ~dna]).max() > 1e-3
+    segment, _ = model.segmentation.hard_assignment()
+    assert set(segment[dna]) == {-1}
+    assert set(segment[~dna]) <= {0, 1, 2, 3, 4}
+
+
+def test_non_amortised_latents_train(tmp_path, tiny_simulation, tiny_config_overrides):
+    run_dir = run(tmp_path, tiny_simulation, {**tiny_config_overrides, "model.amortized": False})
+    model, state, data = load_run(run_dir)
+    z = latent_means(model, data, state, progress=False)
+    # One free latent per image, moved away from its zero start by training.
+    assert z.shape == (48, 2) and np.abs(z).max() > 0
+
+
+def test_a_part_on_a_missing_chain_is_an_input_error(tmp_path, tiny_simulation, tiny_config_overrides):
+    overrides = {**tiny_config_overrides, "model.parts": [{"chain": "Z", "n_segments": 2}]}
+    with pytest.raises(InputError, match="chain"):
+        run(tmp_path, tiny_simulation, overrides)
