@@ -46,16 +46,13 @@ def image_panel(
             axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def particle_grid(path: str | Path, images: np.ndarray, titles: Sequence[str] | None = None, suptitle: str | None = None) -> None:
     """Write up to 16 particle images ``(n, H, W)`` as a near-square grid PNG."""
     images = images[:16]
-    n_cols = min(len(images), 4 if len(images) > 8 else len(images))
+    n_cols = min(len(images), 4)
     n_rows = math.ceil(len(images) / n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.0 * n_cols, 2.0 * n_rows + 0.4), squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -69,10 +66,7 @@ def particle_grid(path: str | Path, images: np.ndarray, titles: Sequence[str] | 
             ax.axis("off")
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _save(fig, path: str | Path) -> None:
