@@ -73,14 +73,17 @@ class CryoSphere(nn.Module):
             return self.encoder(images)
         return self.encoder(indices)
 
-    def decode(self, z: Tensor, *, sample_segmentation: bool = True, autocast: bool = False) -> Deformation:
+    def decode(
+        self, z: Tensor, *, sample_segmentation: bool = True, segmentation_noise: Tensor | None = None, autocast: bool = False
+    ) -> Deformation:
         """Deformed structures for latents ``z`` ``(B, D)``.
 
         With ``sample_segmentation`` a fresh segmentation is drawn per image (training); without,
         the variational means are used (analysis). ``autocast`` runs the decoder MLP in bfloat16 on
         CUDA; the motions are converted back to float32 before they move any coordinate.
+        ``segmentation_noise`` ``(3, B, K)`` fixes the segmentation's random draws.
         """
-        memberships = self.segmentation(z.shape[0], sample=sample_segmentation)
+        memberships = self.segmentation(z.shape[0], sample=sample_segmentation, noise=segmentation_noise)
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=autocast):
             rotvecs, translations = self.decoder(z)
         rotvecs, translations = rotvecs.float(), translations.float()

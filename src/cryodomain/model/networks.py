@@ -30,17 +30,20 @@ def _mlp(n_inputs: int, hidden: Sequence[int], n_outputs: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def sample_latent(mean: Tensor, std: Tensor) -> Tensor:
+def sample_latent(mean: Tensor, std: Tensor, noise: Tensor | None = None) -> Tensor:
     """Reparameterised sample ``z = mean + std * e``, ``e ~ N(0, I)``.
 
     Args:
         mean: ``(B, D)`` latent means.
         std: ``(B, D)`` latent standard deviations.
+        noise: ``(B, D)`` standard normal draws ``e``; drawn here when None.
 
     Returns:
         ``(B, D)`` samples, differentiable in ``mean`` and ``std``.
     """
-    return mean + std * torch.randn_like(mean)
+    if noise is None:
+        noise = torch.randn_like(mean)
+    return mean + std * noise
 
 
 class Encoder(nn.Module):

@@ -255,13 +255,15 @@ class Segmentation(nn.Module):
         log_normaliser = torch.logsumexp(per_part, dim=-1)
         return logits - log_normaliser[:, self.segment_part]
 
-    def forward(self, n_samples: int, *, sample: bool = True) -> Tensor:
+    def forward(self, n_samples: int, *, sample: bool = True, noise: Tensor | None = None) -> Tensor:
         """Memberships of every residue to every segment.
 
         Args:
             n_samples: ``B``, the number of segmentations to return (one per image).
             sample: ``True``: ``B`` independent reparameterised samples (training);
                 ``False``: the segmentation at the variational means, repeated ``B`` times (analysis).
+            noise: ``(3, B, K)`` standard normal draws for centres, widths and proportions; drawn
+                here when None (passing them makes multi-process runs match one process).
 
         Returns:
             ``(B, R, K)`` memberships; each row of a residue in a part sums to 1 over that part's
@@ -269,7 +271,8 @@ class Segmentation(nn.Module):
         """
         shape = (n_samples, self.n_segments)
         if sample:
-            noise = torch.randn((3, *shape), dtype=self.centre_mean.dtype, device=self.centre_mean.device)
+            if noise is None:
+                noise = torch.randn((3, *shape), dtype=self.centre_mean.dtype, device=self.centre_mean.device)
             centres = self.centre_mean + self.centre_std * noise[0]
             width_arguments = self.width_mean + self.width_std * noise[1]
             logits = self.proportion_mean + self.proportion_std * noise[2]

@@ -1,0 +1,101 @@
+"""Multi-process training with PyTorch's DistributedDataParallel, launched by ``torchrun``.
+
+``torchrun`` sets RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous; nothing here picks a port.
+Every process reads its own share of each *global* batch (the same batches a single process would
+see, split in contiguous slices), and the random noise of a step is drawn for the whole global
+batch from a generator seeded by (seed, epoch, step) and sliced the same way. DDP averages the
+gradients, so N processes follow the trajectory of one process with the same global batch, up to
+floating-point summation order. Backends: NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where this process stands among the training processes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes checkpoints, logs and outputs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def start(device_type: str) -> Workers:
+    """Join the process group when launched by torchrun (a no-op for one process)."""
+    if not launched_by_torchrun():
+        return Workers()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    workers = Workers(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if device_type == "cuda":
+        torch.cuda.set_device(workers.local_rank)
+    return workers
+
+
+def stop(workers: Workers) -> None:
+    if workers.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def share(global_size: int, workers: Workers) -> slice:
+    """This process's contiguous slice of a global batch of ``global_size`` items."""
+    base, extra = divmod(global_size, workers.world_size)
+    start_row = workers.rank * base + min(workers.rank, extra)
+    return slice(start_row, start_row + base + (1 if workers.rank < extra else 0))
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """Yields this process's share of every global batch of ``batches``."""
+
+    def __init__(self, batches: Sampler[list[int]], workers: Workers):
+        self.batches = batches
+        self.workers = workers
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            yield batch[share(len(batch), self.workers)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def step_generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator of one step's noise: the same in every process and for any world size."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+    return generator
+
+
+def all_reduce_sums(values: Sequence[float], workers: Workers, device: torch.device) -> list[float]:
+    """Sum per-process numbers over all processes (epoch metrics over all images)."""
+    if not workers.distributed:
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def barrier(workers: Workers) -> None:
+    if workers.distributed:
+        dist.barrier()
