@@ -18,7 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from cryodomain.workflows.analyze import AnalysisSettings, analyze_run
+from cryodomain.workflows.analyze import AnalysisOutputs, AnalysisSettings, analyze_run
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ def main(args: argparse.Namespace) -> None:
         volume_pixel_size_A=args.apix,
     )
     out = analyze_run(args.run, Path(args.outdir), settings, checkpoint=args.checkpoint, device=args.device)
+    print(describe(out))
+
+
+def describe(out: AnalysisOutputs) -> str:
+    """Where to look, as a few lines for the terminal."""
     lines = [f"Analysis written to {out.out_dir}", "  pictures:"]
     lines += [f"    {path}" for path in out.pictures]
     lines += ["  PC traversals (multi-model, play as a series in ChimeraX):"]
@@ -62,4 +67,4 @@ def main(args: argparse.Namespace) -> None:
     ]
     if out.volumes:
         lines.append(f"  volumes:          {len(out.volumes)} maps (.mrc) in {out.out_dir}/kmeans and {out.out_dir}/pc*/")
-    print("\n".join(lines))
+    return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 Two conformations of the example (the target recognition domain rotated 20 degrees about a hinge)
 are simulated with every atom rendered; a model is trained from state A with the fast demo settings
-(src/cryodomain/data/demo.yaml); the structures are decoded and compared with the truth.
+(src/cryodomain/data/demo.yaml); the structures are decoded and compared with the truth, and the
+run is analysed (latent space, motions along the PCs, segments, pictures).
 
 Example:
     cryodomain demo -o demo_output
@@ -15,7 +16,9 @@ import json
 import logging
 from pathlib import Path
 
+from cryodomain.commands.analyze import describe
 from cryodomain.examples import DEMO_CONFIG, STATE_A, example_structures
+from cryodomain.workflows.analyze import AnalysisSettings, analyze_run
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.evaluate import evaluate_run
 from cryodomain.workflows.simulate import SimulationSettings, simulate
@@ -35,17 +38,20 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     out = Path(args.outdir)
     settings = SimulationSettings(n_images=args.n_images, snr=args.snr, atoms="all", seed=args.seed)
-    log.info("1/3 simulating %d particles of the two example conformations (SNR %g)", settings.n_images, settings.snr)
+    log.info("1/4 simulating %d particles of the two example conformations (SNR %g)", settings.n_images, settings.snr)
     written = simulate(list(example_structures()), out / "simulation", settings)
 
     config = load_config(DEMO_CONFIG, {"optim.epochs": args.epochs, "optim.seed": args.seed})
     run_dir = out / "run"
-    log.info("2/3 training on %s from %s (%d epochs)", written["star"].name, STATE_A.name, config.optim.epochs)
+    log.info("2/4 training on %s from %s (%d epochs)", written["star"].name, STATE_A.name, config.optim.epochs)
     train(written["star"], STATE_A, run_dir, config, resume=(run_dir / "last.pt").exists())
 
-    log.info("3/3 decoding every particle's structure and comparing with the truth")
+    log.info("3/4 decoding every particle's structure and comparing with the truth")
     summary = evaluate_run(run_dir, written["truth"], run_dir / "evaluation")
+    log.info("4/4 analysing the run")
+    analysis = analyze_run(run_dir, out / "analysis", AnalysisSettings(n_pcs=2, n_clusters=4))
     print(json.dumps(summary, indent=2))
     print(f"Simulated particles:  {written['particles']} (picture: {written['picture']})")
     print(f"Trained run:          {run_dir} (metrics.csv, config.yaml, checkpoints/)")
     print(f"Structures and RMSD:  {run_dir / 'evaluation'} (coords.npy, rmsd.csv, summary.json)")
+    print(describe(analysis))
