@@ -8,12 +8,17 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import logging
+import signal
 import sys
+from pathlib import Path
 
 from cryodomain import __version__
 from cryodomain.errors import InputError
+from cryodomain.io.atomic import WRITE_ERRNOS, write_failure
 
 # name -> module; the order is the order of `cryodomain --help`.
 COMMANDS = {
@@ -29,7 +34,16 @@ COMMANDS = {
 EXIT_INPUT_ERROR = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _module_docstring(module_name: str) -> str:
+    """A command module's docstring, read without importing it (importing pulls in torch & co.)."""
+    spec = importlib.util.find_spec(module_name)
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    return ast.get_docstring(ast.parse(source)) or ""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only ``command``'s module is imported (for its flags), the others give
+    their help text from their docstring, so that starting one command stays quick."""
     parser = argparse.ArgumentParser(
         prog="cryodomain",
         description="cryoSPHERE: protein motions from cryo-EM images and an atomic model.",
@@ -39,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show full tracebacks and debug messages")
     for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        doc = (module.__doc__ or "").strip()
+        module = importlib.import_module(module_name) if name == command else None
+        doc = ((module.__doc__ if module else _module_docstring(module_name)) or "").strip()
         subparser = subparsers.add_parser(
             name,
             parents=[common],
@@ -48,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
             description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        module.add_args(subparser)
-        subparser.set_defaults(command_main=module.main)
+        if module is not None:
+            module.add_args(subparser)
+            subparser.set_defaults(command_main=module.main)
     return parser
 
 
@@ -67,17 +82,28 @@ def configure_logging(debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    # The command is the first word that is not an option (top-level options take no value).
+    command = next((word for word in arguments if not word.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(arguments)
     configure_logging(args.debug)
     try:
         args.command_main(args)
     except InputError as error:
         if args.debug:
             raise
-        print(f"cryodomain {args.command}: error: {error}", file=sys.stderr)
+        # One line whatever the message holds (a library's text may span several).
+        print(f"cryodomain {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        print(f"cryodomain {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except OSError as error:
+        # A full disk or a folder without write permission is the user's to fix, not a bug.
+        if args.debug or error.errno not in WRITE_ERRNOS:
+            raise
+        print(f"cryodomain {args.command}: error: {write_failure(error.filename or '(output)', error)}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt as stopped:
+        # Training stops on SIGINT/SIGTERM after saving a checkpoint and says where it is.
+        print(f"cryodomain {args.command}: {stopped or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(stopped, "signal_number", signal.SIGINT)
     return 0

@@ -9,17 +9,24 @@ Examples:
     cryodomain train particles.star --structure model.pdb -o run1 --resume
 
 Writes RUN/checkpoints/epoch_NNNN.pt, RUN/last.pt, RUN/metrics.csv, RUN/train.log, RUN/config.yaml.
+Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves RUN/last.pt and exits; --resume then
+continues from that step with the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 from pathlib import Path
 
-from cryodomain.errors import input_error
 from cryodomain.workflows.config import RunConfig, load_config
-from cryodomain.workflows.train import train
+from cryodomain.workflows.train import (
+    check_run_dir,
+    clear_run,
+    load_training_data,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +70,31 @@ def main(args: argparse.Namespace) -> None:
         "model.latent_dim": args.latent_dim,
     }
     config = load_config(config_path, overrides)
-    if (run_dir / "last.pt").exists() and not (args.resume or args.force):
-        raise input_error(run_dir, None, "already holds a trained run", "pass --resume to continue it, --force to start over, or choose another -o")
-    if args.force and not args.resume:
-        for stale in [run_dir / "last.pt", run_dir / "metrics.csv", *sorted((run_dir / "checkpoints").glob("epoch_*.pt"))]:
-            stale.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%Y-%m-%d %H:%M:%S"))
-    logging.getLogger().addHandler(handler)
+    check_run_dir(run_dir, resume=args.resume, force=args.force)
+
+    # The preflight reads and checks every input before anything is written: bad input leaves no
+    # run folder behind (and --force deletes nothing). Its report is kept for train.log.
+    root = logging.getLogger()
+    preflight_log = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
+    root.addHandler(preflight_log)
     try:
-        checkpoint = train(args.particles, args.structure, run_dir, config, resume=args.resume, downsample_box=args.downsample)
+        data = load_training_data(args.particles, args.structure, config, args.downsample)
     finally:
-        logging.getLogger().removeHandler(handler)
+        root.removeHandler(preflight_log)
+
+    if args.force and not args.resume:
+        clear_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log", mode="a" if args.resume else "w")
+    handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%Y-%m-%d %H:%M:%S"))
+    preflight_log.setTarget(handler)
+    preflight_log.close()
+    root.addHandler(handler)
+    try:
+        checkpoint = train(
+            args.particles, args.structure, run_dir, config, resume=args.resume, downsample_box=args.downsample, data=data
+        )
+    finally:
+        root.removeHandler(handler)
         handler.close()
     log.info("done: %s", checkpoint)

@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from cryodomain.errors import input_error
-from cryodomain.io.particles import ParticleTable, group_optics, resolve_stack_paths
+from cryodomain.io.particles import (
+    ParticleTable,
+    check_particle_values,
+    group_optics,
+    resolve_stack_paths,
+)
 from cryodomain.io.poses import cryosparc_pose_to_matrix
 
 logger = logging.getLogger(__name__)
@@ -106,6 +111,21 @@ def read_cryosparc(path: str | Path, datadir: str | Path | None = None) -> Parti
         optics_group_names=optics_group_names,
         source=str(path),
         extra=None,
+    )
+    check_particle_values(
+        table,
+        {
+            "rotations": f"{pose_prefix}/pose",
+            "shifts_A": f"{pose_prefix}/shift",
+            "defocus_u_A": "ctf/df1_A",
+            "defocus_v_A": "ctf/df2_A",
+            "defocus_angle_rad": "ctf/df_angle_rad",
+            "voltage_kv": "ctf/accel_kv",
+            "spherical_aberration_mm": "ctf/cs_mm",
+            "amplitude_contrast": "ctf/amp_contrast",
+            "phase_shift_rad": "ctf/phase_shift_rad",
+            "bfactor_A2": "ctf/bfactor",
+        },
     )
     logger.info("read %d particles from %s (%d optics group(s))", len(table), path, len(optics_group_names))
     return table

@@ -94,6 +94,47 @@ class ParticleTable:
         return replace(self, **changes)
 
 
+# Plausible ranges of the optics, for catching unit mistakes (V for kV, µm for Å) and empty values.
+VOLTAGE_RANGE_KV = (30.0, 1000.0)
+
+
+def check_particle_values(table: ParticleTable, columns: dict[str, str]) -> None:
+    """Refuse poses and CTF values that cannot be right: not finite, negative defocus, voltage
+    outside 30-1000 kV, amplitude contrast outside [0, 1), negative Cs.
+
+    Args:
+        table: the particles as read.
+        columns: attribute name -> the field's name in the user's file (e.g. ``"defocus_u_A":
+            "rlnDefocusU"``), so that the message names what the user sees.
+
+    Raises:
+        InputError: naming the file, the field, the first bad particle (1-based row) and its value.
+    """
+
+    def refuse(attribute: str, bad: np.ndarray, problem: str, fix: str) -> None:
+        rows = np.flatnonzero(bad.reshape(len(table), -1).any(axis=1))
+        if rows.size == 0:
+            return
+        row = int(rows[0])
+        value = getattr(table, attribute)[row]
+        # Vector values (rotations, shifts) come from several columns: name the row only.
+        shown = "" if np.ndim(value) else f": {float(value):g}"
+        more = f" (and {rows.size - 1} more)" if rows.size > 1 else ""
+        raise input_error(table.source, columns.get(attribute, attribute), f"{problem}{shown} in particle row {row + 1}{more}", fix)
+
+    for attribute in ("rotations", "shifts_A", "defocus_angle_rad", "phase_shift_rad", "bfactor_A2", "spherical_aberration_mm"):
+        refuse(attribute, ~np.isfinite(getattr(table, attribute)), "not a finite number", "fix or remove these particles")
+    for attribute in ("defocus_u_A", "defocus_v_A"):
+        values = getattr(table, attribute)
+        refuse(attribute, ~np.isfinite(values) | (values < 0), "defocus must be a finite value >= 0 Å (underfocus positive)", "fix the CTF values (re-run CTF estimation) or remove these particles")
+    low, high = VOLTAGE_RANGE_KV
+    voltage = table.voltage_kv
+    refuse("voltage_kv", ~np.isfinite(voltage) | (voltage < low) | (voltage > high), f"voltage must be between {low:g} and {high:g} kV", "give the acceleration voltage in kV (e.g. 300)")
+    contrast = table.amplitude_contrast
+    refuse("amplitude_contrast", ~np.isfinite(contrast) | (contrast < 0) | (contrast >= 1), "amplitude contrast must be a fraction in [0, 1)", "use e.g. 0.1")
+    refuse("spherical_aberration_mm", table.spherical_aberration_mm < 0, "spherical aberration must be >= 0 mm", "give Cs in mm (e.g. 2.7)")
+
+
 def read_particles(path: str | Path, datadir: str | Path | None = None) -> ParticleTable:
     """Read particle metadata from a RELION ``.star`` or cryoSPARC ``.cs`` file.
 
@@ -109,6 +150,8 @@ def read_particles(path: str | Path, datadir: str | Path | None = None) -> Parti
     from cryodomain.io.star import read_star
 
     suffix = Path(path).suffix.lower()
+    if Path(path).is_dir():
+        raise input_error(path, None, "is a folder, not a particle file", "give a RELION .star or a cryoSPARC .cs file")
     if suffix == ".star":
         return read_star(path, datadir=datadir)
     if suffix == ".cs":
@@ -141,6 +184,8 @@ def resolve_stack_paths(
     Raises:
         InputError: a stack exists under none of the candidates.
     """
+    if datadir is not None and not Path(datadir).is_dir():
+        raise input_error(datadir, "--datadir", "not a folder", "give the folder that holds the particle stacks")
     paths = np.asarray(paths, dtype=str)
     metadata_dir = Path(metadata_path).absolute().parent
     unique_paths, inverse = np.unique(paths, return_inverse=True)
@@ -157,7 +202,7 @@ def resolve_stack_paths(
         if found is None:
             tried = ", ".join(dict.fromkeys(str(candidate) for candidate in candidates))
             raise input_error(
-                metadata_path, field, f"image stack {written!r} not found (tried {tried})",
+                metadata_path, field, f"image stack {str(written)!r} not found (tried {tried})",
                 "pass --datadir with the folder that holds the stacks",
             )
         resolved.append(os.path.abspath(found))

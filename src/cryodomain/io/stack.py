@@ -15,6 +15,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 from mrcfile.mrcmemmap import MrcMemmap
+from mrcfile.utils import data_dtype_from_header
 
 from cryodomain.errors import input_error
 from cryodomain.io.atomic import atomic_output
@@ -55,17 +56,30 @@ def read_stack_header(path: str | Path) -> StackHeader:
     Raises:
         InputError: the file is missing or not a readable MRC file.
     """
+    if Path(path).is_dir():
+        raise input_error(path, None, "is a folder, not an MRC image stack", "check the image paths")
     try:
         with mrcfile.open(path, mode="r", header_only=True) as mrc:
             header = mrc.header
-            return StackHeader(
+            stack_header = StackHeader(
                 n_images=int(header.nz),
                 height=int(header.ny),
                 width=int(header.nx),
                 pixel_size_A=float(mrc.voxel_size.x),
             )
+            # An interrupted copy or download leaves a file shorter than its header promises.
+            expected_bytes = header.nbytes + int(header.nsymbt) + (
+                stack_header.n_images * stack_header.height * stack_header.width * data_dtype_from_header(header).itemsize
+            )
     except (OSError, ValueError) as error:
         raise input_error(path, None, f"cannot read as an MRC image stack ({error})", "check the file is an MRC stack") from error
+    size = Path(path).stat().st_size
+    if size < expected_bytes:
+        raise input_error(
+            path, None, f"file is truncated ({size} bytes, the header describes {expected_bytes})",
+            "copy or re-extract the stack again",
+        )
+    return stack_header
 
 
 def _open_stack(path: str) -> tuple[MrcMemmap, np.ndarray]:
@@ -99,6 +113,8 @@ class ParticleImages:
 
     Attributes:
         image_shape: ``(H, W)`` pixels, shared by all images.
+        header_pixel_size_A: ``(N,)`` float64, the pixel size in the header of each image's stack
+            (0 where the header leaves it unset).
     """
 
     def __init__(self, image_paths: np.ndarray, image_indices: np.ndarray, max_open_files: int = DEFAULT_MAX_OPEN_FILES):
@@ -115,14 +131,21 @@ class ParticleImages:
 
         # Integer codes per distinct path let read() group rows by file without string comparisons.
         self._unique_paths, self._path_codes = np.unique(self.image_paths, return_inverse=True)
-        self.image_shape = self._check_stacks()
+        self.image_shape, stack_pixel_sizes = self._check_stacks()
+        self.header_pixel_size_A = stack_pixel_sizes[self._path_codes]
 
-    def _check_stacks(self) -> tuple[int, int]:
-        """Validate every stack's header against the indices pointing into it; return ``(H, W)``."""
+    def _check_stacks(self) -> tuple[tuple[int, int], np.ndarray]:
+        """Validate every stack's header against the indices pointing into it.
+
+        Returns:
+            ``(H, W)`` and the header pixel size of each distinct stack, ``(n_stacks,)`` Å.
+        """
         image_shape: tuple[int, int] | None = None
         first_path = ""
+        pixel_sizes = np.zeros(len(self._unique_paths))
         for code, path in enumerate(self._unique_paths):
             header = read_stack_header(path)
+            pixel_sizes[code] = header.pixel_size_A
             shape = (header.height, header.width)
             if image_shape is None:
                 image_shape, first_path = shape, path
@@ -139,7 +162,7 @@ class ParticleImages:
                     "check the particle file points at the right stacks",
                 )
         assert image_shape is not None
-        return image_shape
+        return image_shape, pixel_sizes
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -183,7 +206,7 @@ class ParticleImages:
             _, (mrc, _) = self._open_files.popitem(last=False)
             mrc.close()
 
-    def __enter__(self) -> "ParticleImages":
+    def __enter__(self) -> ParticleImages:
         return self
 
     def __exit__(self, *exc_info) -> None:

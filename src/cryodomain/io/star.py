@@ -17,7 +17,12 @@ import starfile
 
 from cryodomain.errors import input_error
 from cryodomain.io.atomic import atomic_output
-from cryodomain.io.particles import ParticleTable, group_optics, resolve_stack_paths
+from cryodomain.io.particles import (
+    ParticleTable,
+    check_particle_values,
+    group_optics,
+    resolve_stack_paths,
+)
 from cryodomain.io.poses import matrix_to_relion_euler, relion_euler_to_matrix
 from cryodomain.io.stack import read_stack_header
 
@@ -53,6 +58,20 @@ _OPTICS_OR_SUPERSEDED_COLUMNS = frozenset(
         "rlnOpticsGroupName",
     }
 )
+
+# ParticleTable attribute -> the star column it comes from, for messages about bad values.
+_FILE_COLUMNS = {
+    "rotations": "rlnAngleRot/rlnAngleTilt/rlnAnglePsi",
+    "shifts_A": "rlnOriginXAngst/rlnOriginYAngst",
+    "defocus_u_A": "rlnDefocusU",
+    "defocus_v_A": "rlnDefocusV",
+    "defocus_angle_rad": "rlnDefocusAngle",
+    "voltage_kv": "rlnVoltage",
+    "spherical_aberration_mm": "rlnSphericalAberration",
+    "amplitude_contrast": "rlnAmplitudeContrast",
+    "phase_shift_rad": "rlnPhaseShift",
+    "bfactor_A2": "rlnCtfBfactor",
+}
 
 # Text columns that must not be coerced to numbers (a group named "1" stays a name).
 _STRING_COLUMNS = ["rlnImageName", "rlnOpticsGroupName", "rlnMicrographName"]
@@ -122,6 +141,7 @@ def read_star(path: str | Path, datadir: str | Path | None = None) -> ParticleTa
         source=str(path),
         extra=particles,
     )
+    check_particle_values(table, _FILE_COLUMNS)
     logger.info(
         "read %d particles from %s (RELION %s, %d optics group(s))",
         len(table), path, "3.1+" if optics is not None else "3.0", len(optics_group_names),
@@ -189,6 +209,8 @@ def _read_blocks(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         raise input_error(path, None, "file not found", "check the path to the particle .star file")
     try:
         blocks = starfile.read(path, always_dict=True, parse_as_string=_STRING_COLUMNS)
+    except OSError as error:
+        raise input_error(path, None, f"cannot read ({error.strerror or error})", "check the file's permissions") from error
     except (ValueError, KeyError, IndexError, UnicodeDecodeError) as error:
         raise input_error(path, None, f"cannot parse as a STAR file ({error})", "give a RELION particle .star file") from error
     # A single-row table may be written as key/value pairs instead of a loop.

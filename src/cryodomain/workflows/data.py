@@ -21,6 +21,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from cryodomain.errors import input_error
 from cryodomain.io.particles import ParticleTable
 from cryodomain.io.stack import ParticleImages
 from cryodomain.physics.ctf import CTFParameters
@@ -71,29 +72,87 @@ class ParticleBatches(Dataset):
     def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         rows = np.asarray(indices, dtype=np.int64)
         images = torch.from_numpy(self.images.read(rows))
+        # Per-image (min, max) of the raw pixels: NaN/inf and blank images show there at the cost
+        # of one pass, here in the loader (a worker process when num_workers > 0).
+        low, high = torch.aminmax(images.flatten(start_dim=1), dim=1)
         if self.box is not None and self.box != images.shape[-1]:
             images = fourier_crop(images, self.box)
         return {
             "index": torch.from_numpy(rows),
             "images": images,
+            "pixel_range": torch.stack([low, high], dim=1),
             "rotations": torch.from_numpy(self.table.rotations[rows]).float(),
             "shifts_A": torch.from_numpy(self.table.shifts_A[rows]).float(),
         }
 
 
+def check_pixels(batch: dict[str, torch.Tensor], table: ParticleTable) -> None:
+    """Refuse a batch holding an image with NaN or infinite pixels or a blank (constant) image.
+
+    Such an image would silently turn the loss into NaN or train on nothing; the message names the
+    particle so that it can be removed.
+
+    Args:
+        batch: an item of :class:`ParticleBatches` (uses ``index`` ``(B,)`` and ``pixel_range`` ``(B, 2)``).
+        table: the particles, for the image name and the file to fix.
+
+    Raises:
+        InputError: naming the first bad particle (1-based row and ``index@stack``) and how many more.
+    """
+    low, high = batch["pixel_range"].unbind(dim=1)
+    not_finite = ~(torch.isfinite(low) & torch.isfinite(high))
+    blank = ~not_finite & (low == high)
+    for bad, problem in ((not_finite, "has NaN or infinite pixels"), (blank, "is blank (all pixels equal)")):
+        if bad.any():
+            rows = batch["index"][bad].tolist()
+            row = rows[0]
+            more = f" (and {len(rows) - 1} more in this batch)" if len(rows) > 1 else ""
+            raise input_error(
+                table.source,
+                f"particle row {row + 1} ({table.image_indices[row] + 1:06d}@{table.image_paths[row]})",
+                f"image {problem}{more}",
+                "remove these particles from the particle file (or re-extract them)",
+            )
+
+
+def check_pixel_sample(dataset: ParticleBatches, sample_size: int, seed: int = 0, chunk: int = 256) -> None:
+    """Preflight: :func:`check_pixels` on a random sample of ``sample_size`` particles (read in chunks)."""
+    rows = _sample_rows(len(dataset), sample_size, seed)
+    for start in range(0, len(rows), chunk):
+        check_pixels(dataset[list(rows[start : start + chunk])], dataset.table)
+
+
+def _sample_rows(n: int, sample_size: int, seed: int) -> np.ndarray:
+    """Sorted random rows, the same for the pixel check and the scale (so the files are read once)."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(n, sample_size), replace=False))
+
+
 def batch_loader(
-    dataset: ParticleBatches, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, num_workers: int = 0, pin_memory: bool = False
+    dataset: ParticleBatches,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    start_batch: int = 0,
 ) -> DataLoader:
     """Batches of ``dataset``; shuffled with a generator seeded by (seed, epoch) so a resumed run
-    sees the same order as an uninterrupted one."""
+    sees the same order as an uninterrupted one. ``start_batch`` skips the first batches of that
+    order without reading them (a run resumed in the middle of an epoch)."""
     if shuffle:
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         sampler = RandomSampler(range(len(dataset)), generator=generator)
     else:
         sampler = SequentialSampler(range(len(dataset)))
+    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
+    if start_batch:
+        batches = list(batches)[start_batch:]
     return DataLoader(
         dataset,
-        sampler=BatchSampler(sampler, batch_size=batch_size, drop_last=False),
+        sampler=batches,
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,
@@ -123,7 +182,7 @@ class Preprocessor:
         mask_radius_fraction: float | None,
         invert_contrast: bool,
         device: torch.device | str = "cpu",
-    ) -> "Preprocessor":
+    ) -> Preprocessor:
         freqs = frequency_grid(box, pixel_size_A, device=device)
         mask = None
         if mask_radius_fraction is not None:
@@ -152,9 +211,7 @@ class Preprocessor:
 
 def dataset_scale(dataset: ParticleBatches, sample_size: int, seed: int = 0) -> float:
     """Std of the Fourier coefficients of a random sample of particles (any dataset size >= 1)."""
-    rng = np.random.default_rng(seed)
-    n = len(dataset)
-    rows = np.sort(rng.choice(n, size=min(n, sample_size), replace=False))
+    rows = _sample_rows(len(dataset), sample_size, seed)
     images = dataset[list(rows)]["images"].double()
     spectrum = torch.fft.fft2(images, norm="ortho")
     scale = float(spectrum.abs().pow(2).mean().sqrt())

@@ -9,8 +9,13 @@ segmentation. Every epoch ends with a checkpoint holding everything needed to re
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import math
+import pickle
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryodomain.errors import input_error
-from cryodomain.io.atomic import atomic_output
+from cryodomain.errors import InputError, input_error
+from cryodomain.io.atomic import atomic_output, remove_stale_temporaries
 from cryodomain.io.particles import ParticleTable, read_particles
 from cryodomain.io.structure import AtomicModel, read_atomic_model
 from cryodomain.model.cryosphere import CryoSphere
@@ -47,6 +52,8 @@ from cryodomain.workflows.data import (
     ParticleBatches,
     Preprocessor,
     batch_loader,
+    check_pixel_sample,
+    check_pixels,
     ctf_parameters,
     dataset_scale,
 )
@@ -57,6 +64,11 @@ LOSS_TERMS = ("total", "correlation", "latent_kl", "centres_kl", "widths_kl", "p
 WEIGHTED_TERMS = ("latent_kl", "centres_kl", "widths_kl", "proportions_kl", "continuity", "clash", "l2")
 # Above this many residues the full clash loss would need R^2 pairs per image: use neighbour pairs.
 FULL_CLASH_MAX_RESIDUES = 3000
+# Files that mark a folder as holding a run (another run is not started there without --force).
+RUN_FILES = ("last.pt", "config.yaml", "metrics.csv", "checkpoints")
+# Stack headers often leave the pixel size unset: 0, or mrcfile's and some programs' default 1.
+UNSET_HEADER_PIXEL_SIZES = (0.0, 1.0)
+PIXEL_SIZE_TOLERANCE = 0.01  # relative
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +169,9 @@ def load_training_data(particles: str | Path, structure_path: str | Path, config
         box = downsample_box
     if config.optim.batch_size > len(table):
         raise input_error(None, "optim.batch_size", f"{config.optim.batch_size} is larger than the {len(table)} particles", "use a smaller batch")
+    _check_header_pixel_sizes(particles, table, dataset)
+    check_pixel_sample(dataset, config.data.normalization_sample, config.optim.seed)
+    resolve_parts(config, structure)  # the segmentation's chains and ranges exist in the model
 
     half_width = box // 2 * pixel_size
     radius = np.linalg.norm(structure.coords, axis=1)
@@ -169,14 +184,36 @@ def load_training_data(particles: str | Path, structure_path: str | Path, config
         f"model extent   {radius.max():.1f} Å from the box centre; residue centroid at ({centroid[0]:.1f}, {centroid[1]:.1f}, {centroid[2]:.1f}) Å",
     ]
     log.info("preflight:\n  " + "\n  ".join(lines))
-    if np.linalg.norm(centroid) > 0.25 * half_width or outside:
+    if np.linalg.norm(centroid) > 0.25 * half_width:
         raise input_error(
             structure_path,
             "coordinates",
             f"the model is not in the box-centred frame ({outside} residues outside the {2 * half_width:.0f} Å box, centroid {np.linalg.norm(centroid):.0f} Å from the origin)",
             "run `cryodomain center MODEL CONSENSUS_MAP -o DIR` and train on the centred model",
         )
+    if outside:
+        raise input_error(
+            structure_path,
+            "coordinates",
+            f"{outside} residues lie outside the {2 * half_width:.0f} Å box (the model is centred but larger than the box)",
+            "use particles extracted in a larger box, or a model of the part inside the box",
+        )
     return TrainingData(table, structure, box, pixel_size, dataset)
+
+
+def _check_header_pixel_sizes(particles: str | Path, table: ParticleTable, dataset: ParticleBatches) -> None:
+    """The pixel size written in the stack headers (when set) must agree with the metadata's."""
+    header = dataset.images.header_pixel_size_A
+    is_set = ~np.isin(np.round(header, 6), UNSET_HEADER_PIXEL_SIZES)
+    disagree = is_set & (np.abs(header - table.pixel_size_A) > PIXEL_SIZE_TOLERANCE * table.pixel_size_A)
+    if disagree.any():
+        row = int(np.flatnonzero(disagree)[0])
+        raise input_error(
+            table.image_paths[row],
+            "pixel size",
+            f"the stack header says {header[row]:.4g} Å/px but {Path(particles).name} says {table.pixel_size_A[row]:.4g} Å/px",
+            "correct the pixel size in the particle file (or in the stack header) so both describe the images",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,22 +357,168 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def save_checkpoint(run_dir: Path, epoch: int, model: CryoSphere, optimizer: torch.optim.Optimizer, extra: dict) -> Path:
-    """Write ``checkpoints/epoch_NNNN.pt`` and ``last.pt`` atomically; returns the epoch file."""
+def save_checkpoint(
+    run_dir: Path, epoch: int, model: CryoSphere, optimizer: torch.optim.Optimizer, extra: dict, *, position: dict | None = None
+) -> Path:
+    """Write ``checkpoints/epoch_NNNN.pt`` and ``last.pt`` atomically (and flushed to disk).
+
+    Args:
+        run_dir: the run folder.
+        epoch: number of completed epochs.
+        model, optimizer: their state is saved with the torch (and CUDA) random state.
+        extra: more entries of the checkpoint (the run's inputs and scale).
+        position: for a stop inside epoch ``epoch + 1``: ``{"step": steps done in it, "sums": loss
+            sums, "n_seen": images seen, "seconds": time spent}``; then only ``last.pt`` is written.
+
+    Returns:
+        The epoch file (``last.pt`` for a mid-epoch checkpoint).
+
+    Raises:
+        InputError: the disk is full (or not writable); the previous ``last.pt`` stays intact.
+    """
     state = {
         "epoch": epoch,
+        "position": position,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         **extra,
     }
-    path = run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
-    with atomic_output(run_dir / "last.pt") as tmp:
-        shutil.copyfile(path, tmp)
-    return path
+    # Serialise once in memory: both files get the same bytes, and a full disk surfaces as a plain
+    # OSError of the write (torch.save to a file reports it as an opaque RuntimeError).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getbuffer()
+    targets = [run_dir / "last.pt"] if position is not None else [run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt", run_dir / "last.pt"]
+    for target in targets:
+        try:
+            with atomic_output(target, fsync=True) as tmp:
+                tmp.write_bytes(payload)
+        except InputError as error:
+            cause = error.__cause__
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(error)
+            raise input_error(
+                target, None, f"checkpoint not saved ({reason})",
+                f"training stopped; {run_dir / 'last.pt'} still holds the previous checkpoint: free disk space and rerun with --resume",
+            ) from cause
+    return targets[0]
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; InputError when it is not one."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+        raise input_error(
+            path, None, f"cannot be read as a checkpoint ({str(error).splitlines()[0] if str(error) else type(error).__name__})",
+            "use another checkpoint of the run (checkpoints/epoch_NNNN.pt), or start over with --force",
+        ) from error
+
+
+def check_run_dir(run_dir: str | Path, *, resume: bool, force: bool) -> None:
+    """Refuse to start a new run in a folder that holds another one, unless resuming or forced.
+
+    Raises:
+        InputError: ``run_dir`` is a file, or holds a run and neither flag is given.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise input_error(run_dir, "-o", "is a file, not a folder", "choose a folder for the run")
+    if resume or force:
+        return
+    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if held:
+        raise input_error(
+            run_dir, None, f"already holds a run ({', '.join(held)})",
+            "pass --resume to continue it, --force to start over, or choose another -o",
+        )
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Delete the outputs of a previous run in ``run_dir`` (``--force``); other files stay."""
+    run_dir = Path(run_dir)
+    for name in ("last.pt", "metrics.csv", "config.yaml"):
+        (run_dir / name).unlink(missing_ok=True)
+    for stale in sorted((run_dir / "checkpoints").glob("epoch_*.pt")):
+        stale.unlink()
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+
+
+def _check_resumable(state: dict, inputs: dict, path: Path) -> None:
+    """The checkpoint must come from a run with the same model and data shape as this one."""
+    saved_model = state["config"]["model"]
+    for key, value in inputs["config"]["model"].items():
+        if saved_model.get(key) != value:
+            raise input_error(
+                path, f"model.{key}", f"the run was trained with {saved_model.get(key)!r}, this configuration says {value!r}",
+                "resume with the run's own config.yaml, or start a new run (another -o, or --force)",
+            )
+    if state.get("position") is not None:
+        # The saved position inside the epoch counts batches of the run's own size and order.
+        for key in ("batch_size", "seed"):
+            saved, now = state["config"]["optim"][key], inputs["config"]["optim"][key]
+            if saved != now:
+                raise input_error(
+                    path, f"optim.{key}", f"the run stopped inside an epoch with {saved}, this configuration says {now}",
+                    "resume with the run's own config.yaml",
+                )
+    for key, what in (("n_particles", "particles"), ("n_residues", "residues"), ("box", "box (px)")):
+        if key in state and state[key] != inputs[key]:
+            raise input_error(
+                path, key, f"the run was trained on {state[key]} {what}, these inputs have {inputs[key]}",
+                "resume with the run's own particles and structure, or start a new run (another -o, or --force)",
+            )
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving its progress in ``last.pt``.
+
+    Attributes:
+        signal_number: the signal received (the command exits with 128 + it).
+    """
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+class StopSignals:
+    """Within ``with``: SIGINT and SIGTERM only set :attr:`received`, so that the training loop
+    finishes its step and saves a checkpoint. A second SIGINT interrupts at once (the files are
+    still safe: every write is atomic). Outside the main thread nothing is installed."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signal_number: int, frame) -> None:
+        if self.received is not None and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal_number
+        log.info("received %s: stopping after this step, saving a checkpoint", signal.Signals(signal_number).name)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+
+def _diverged(run_dir: Path, values: dict[str, float], epoch: int, step: int, saved_epoch: int | None) -> InputError:
+    """The error for a non-finite loss: names the term (a weighted one before ``total``) and the step."""
+    bad = [name for name in LOSS_TERMS if name != "total" and not math.isfinite(values[name])] or ["total"]
+    kept = f"the last good checkpoint is {run_dir / 'last.pt'} (epoch {saved_epoch})" if saved_epoch is not None else "no checkpoint was written yet"
+    return input_error(
+        run_dir, f"loss term {bad[0]}", f"is {values[bad[0]]} at epoch {epoch + 1}, step {step + 1}",
+        f"training stopped and {kept}; lower optim.lr or set optim.grad_clip in a --config file, then rerun with --resume",
+    )
 
 
 def betas_at(config: RunConfig, epoch: int) -> dict[str, float]:
@@ -391,38 +574,40 @@ def train(
     downsample_box: int | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    data: TrainingData | None = None,
 ) -> Path:
     """Train (or resume) a run in ``run_dir``; returns the path of the last checkpoint.
 
-    ``stop_after_epoch`` ends the run early after that epoch (its checkpoint written), as an
-    interruption would; ``resume`` then continues it exactly.
+    Every epoch ends with a checkpoint. SIGINT/SIGTERM finish the current step, save ``last.pt``
+    with the position inside the epoch and raise :class:`TrainingInterrupted`; ``resume`` then
+    continues from that step, so an interrupted and resumed run ends with the same bits as an
+    uninterrupted one (CPU). A run killed outright resumes from its last complete epoch, with the
+    same result. ``stop_after_epoch`` ends the run early after that epoch (its checkpoint
+    written), as an interruption would.
+
+    Args:
+        particles, structure_path: the inputs (see :func:`load_training_data`).
+        run_dir: the run folder.
+        config: the run's configuration.
+        resume: continue from ``run_dir/last.pt`` when it exists (else start at the first epoch).
+        downsample_box: Fourier-crop the images to this box.
+        progress: show progress bars.
+        stop_after_epoch: stop after this epoch.
+        data: the inputs already read and checked by :func:`load_training_data` (else read here).
+
+    Raises:
+        InputError: bad inputs, a checkpoint of another run, a non-finite loss (naming the term
+            and step; the last good checkpoint is kept), or a full disk.
+        TrainingInterrupted: on SIGINT/SIGTERM, after the checkpoint is written.
     """
     run_dir = Path(run_dir)
     torch.manual_seed(config.optim.seed)
     np.random.seed(config.optim.seed % 2**32)
     device = resolve_device(config.optim.device)
-    data = load_training_data(particles, structure_path, config, downsample_box)
+    if data is None:
+        data = load_training_data(particles, structure_path, config, downsample_box)
     model = build_model(data, config).to(device)
     optimizer = build_optimizer(model, config)
-
-    start_epoch = 0
-    scale = None
-    if resume and (run_dir / "last.pt").exists():
-        state = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        start_epoch = state["epoch"]
-        scale = state["scale"]
-        log.info("resuming after epoch %d from %s", start_epoch, run_dir / "last.pt")
-    if scale is None:
-        scale = dataset_scale(data.dataset, config.data.normalization_sample, config.optim.seed)
-    context = build_context(model, data, config, scale, device)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
     inputs = {
         "particles": str(Path(particles).resolve()),
         "structure": str(Path(structure_path).resolve()),
@@ -430,62 +615,129 @@ def train(
         "box": data.box,
         "pixel_size_A": data.pixel_size_A,
         "downsample_box": downsample_box,
-        "scale": scale,
+        "n_particles": len(data.table),
+        "n_residues": data.structure.n_residues,
         "config": config.model_dump(mode="json"),
     }
+
+    start_epoch, position, saved_rng = 0, None, None
+    saved_epoch: int | None = None
+    scale = None
+    if resume and (run_dir / "last.pt").exists():
+        state = load_checkpoint(run_dir / "last.pt", device)
+        _check_resumable(state, inputs, run_dir / "last.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        # The configuration's learning rates win (lowering them is the cure for a diverged run).
+        for group, lr in zip(optimizer.param_groups, (config.optim.lr, config.optim.segmentation_lr)):
+            group["lr"] = lr
+        start_epoch = saved_epoch = state["epoch"]
+        position = state.get("position")
+        scale = state["scale"]
+        saved_rng = (state["torch_rng"], state.get("cuda_rng"))
+        if position is None:
+            _set_rng_state(saved_rng)
+        where = f"epoch {start_epoch}" + (f" and step {position['step']} of epoch {start_epoch + 1}" if position else "")
+        log.info("resuming after %s from %s", where, run_dir / "last.pt")
+    elif resume:
+        log.info("no checkpoint in %s yet: starting from the first epoch", run_dir)
+    if scale is None:
+        scale = dataset_scale(data.dataset, config.data.normalization_sample, config.optim.seed)
+    inputs["scale"] = scale
+    context = build_context(model, data, config, scale, device)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Temporaries of a killed process never hold anything that a final file does not.
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
+    save_config(config, run_dir / "config.yaml")
     metrics = MetricsLog(run_dir / "metrics.csv")
     metrics.truncate(start_epoch)
     writer = _tensorboard(run_dir)
     last_checkpoint = run_dir / "last.pt"
     epochs = config.optim.epochs
-    for epoch in range(start_epoch, epochs):
-        started = time.perf_counter()
-        betas = betas_at(config, epoch)
-        sums = {name: 0.0 for name in LOSS_TERMS}
-        n_seen = 0
-        loader = batch_loader(
-            data.dataset,
-            config.optim.batch_size,
-            shuffle=True,
-            seed=config.optim.seed,
-            epoch=epoch,
-            num_workers=config.optim.num_workers,
-            pin_memory=device.type == "cuda",
-        )
-        bar = progress_bar(loader, f"epoch {epoch + 1}/{epochs}", enabled=progress)
-        model.train()
-        for step, batch in enumerate(bar):
-            terms = compute_losses(model, batch, data.table, context, betas)
-            for name, value in terms.items():
-                if not torch.isfinite(value):
-                    raise FloatingPointError(
-                        f"the {name} loss is {value.item()} at epoch {epoch + 1}, step {step + 1}; "
-                        f"the last good checkpoint is {last_checkpoint}"
-                    )
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            if config.optim.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-            optimizer.step()
-            size = len(batch["index"])
-            n_seen += size
-            for name in LOSS_TERMS:
-                sums[name] += float(terms[name].detach()) * size
-            bar.set_postfix(loss=f"{sums['total'] / n_seen:.5f}")
-        row = {"epoch": epoch + 1, **{name: sums[name] / n_seen for name in LOSS_TERMS}}
-        row.update({f"beta_{name}": value for name, value in betas.items()})
-        row["seconds"] = round(time.perf_counter() - started, 3)
-        metrics.append(row)
+    try:
+        with StopSignals() as stop:
+            for epoch in range(start_epoch, epochs):
+                resumed_inside = position is not None and epoch == start_epoch
+                first_step = position["step"] if resumed_inside else 0
+                started = time.perf_counter() - (position["seconds"] if resumed_inside else 0.0)
+                betas = betas_at(config, epoch)
+                sums = dict(position["sums"]) if resumed_inside else {name: 0.0 for name in LOSS_TERMS}
+                n_seen = position["n_seen"] if resumed_inside else 0
+                loader = batch_loader(
+                    data.dataset,
+                    config.optim.batch_size,
+                    shuffle=True,
+                    seed=config.optim.seed,
+                    epoch=epoch,
+                    num_workers=config.optim.num_workers,
+                    pin_memory=device.type == "cuda",
+                    start_batch=first_step,
+                )
+                n_steps = first_step + len(loader)
+                # Creating the iterator draws from the torch RNG (DataLoader's base seed); a run
+                # resumed inside an epoch restores its RNG after that draw, as it was after the step.
+                batches = iter(loader)
+                if resumed_inside:
+                    _set_rng_state(saved_rng)
+                bar = progress_bar(batches, f"epoch {epoch + 1}/{epochs}", enabled=progress, total=len(loader))
+                model.train()
+                for step, batch in enumerate(bar, start=first_step):
+                    check_pixels(batch, data.table)
+                    terms = compute_losses(model, batch, data.table, context, betas)
+                    # One device sync per step for all the terms.
+                    values = dict(zip(LOSS_TERMS, torch.stack([terms[name].detach().float() for name in LOSS_TERMS]).tolist()))
+                    if not all(math.isfinite(value) for value in values.values()):
+                        raise _diverged(run_dir, values, epoch, step, saved_epoch)
+                    optimizer.zero_grad(set_to_none=True)
+                    terms["total"].backward()
+                    if config.optim.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                    optimizer.step()
+                    size = len(batch["index"])
+                    n_seen += size
+                    for name in LOSS_TERMS:
+                        sums[name] += values[name] * size
+                    bar.set_postfix(loss=f"{sums['total'] / n_seen:.5f}")
+                    if stop.received is not None and step + 1 < n_steps:
+                        mid_epoch = {"step": step + 1, "sums": sums, "n_seen": n_seen, "seconds": time.perf_counter() - started}
+                        save_checkpoint(run_dir, epoch, model, optimizer, inputs, position=mid_epoch)
+                        raise _interrupted(stop.received, run_dir, f"step {step + 1} of epoch {epoch + 1}")
+                row = {"epoch": epoch + 1, **{name: sums[name] / n_seen for name in LOSS_TERMS}}
+                row.update({f"beta_{name}": value for name, value in betas.items()})
+                row["seconds"] = round(time.perf_counter() - started, 3)
+                metrics.append(row)
+                if writer is not None:
+                    for name in LOSS_TERMS:
+                        writer.add_scalar(f"loss/{name}", row[name], epoch + 1)
+                log.info("epoch %d/%d  loss %.6f  correlation %.6f  (%.1f s)", epoch + 1, epochs, row["total"], row["correlation"], row["seconds"])
+                save_checkpoint(run_dir, epoch + 1, model, optimizer, inputs)
+                saved_epoch = epoch + 1
+                if stop.received is not None and epoch + 1 < epochs:
+                    raise _interrupted(stop.received, run_dir, f"epoch {epoch + 1}")
+                if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+                    break
+    finally:
         if writer is not None:
-            for name in LOSS_TERMS:
-                writer.add_scalar(f"loss/{name}", row[name], epoch + 1)
-        log.info("epoch %d/%d  loss %.6f  correlation %.6f  (%.1f s)", epoch + 1, epochs, row["total"], row["correlation"], row["seconds"])
-        save_checkpoint(run_dir, epoch + 1, model, optimizer, inputs)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
-    if writer is not None:
-        writer.close()
+            writer.close()
     return last_checkpoint
+
+
+def _set_rng_state(saved: tuple[torch.Tensor, list | None]) -> None:
+    torch_rng, cuda_rng = saved
+    # RNG states must be CPU byte tensors; torch.load(map_location="cuda") moves them to the GPU.
+    torch.set_rng_state(torch_rng.cpu())
+    if cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in cuda_rng])
+
+
+def _interrupted(signal_number: int, run_dir: Path, where: str) -> TrainingInterrupted:
+    name = signal.Signals(signal_number).name
+    return TrainingInterrupted(
+        f"stopped by {name} after {where}; progress saved in {run_dir / 'last.pt'}: continue with --resume", signal_number
+    )
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[CryoSphere, dict, TrainingData]:
@@ -494,7 +746,7 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     path = Path(checkpoint) if checkpoint is not None else run_dir / "last.pt"
     if not path.exists():
         raise input_error(path, None, "no checkpoint found", "train first, or pass --checkpoint")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = load_checkpoint(path, device)
     config = RunConfig.model_validate(state["config"])
     data = load_training_data(state["particles"], state["structure"], config, state.get("downsample_box"))
     model = build_model(data, config).to(device)
