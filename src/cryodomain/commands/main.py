@@ -29,6 +29,7 @@ COMMANDS = {
     "analyze": "cryodomain.commands.analyze",
     "evaluate": "cryodomain.commands.evaluate",
     "center": "cryodomain.commands.center",
+    "convert": "cryodomain.commands.convert",
 }
 
 EXIT_INPUT_ERROR = 2
