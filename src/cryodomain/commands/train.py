@@ -18,13 +18,23 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import os
+import sys
 from pathlib import Path
 
 from cryodomain.workflows.config import RunConfig, load_config
+from cryodomain.workflows.distributed import (
+    Workers,
+    barrier,
+    launched_by_torchrun,
+    start,
+    stop,
+)
 from cryodomain.workflows.train import (
     check_run_dir,
     clear_run,
     load_training_data,
+    resolve_device,
     train,
 )
 
@@ -50,6 +60,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--invert-contrast", action="store_true", default=None, help="the data has dark protein (not RELION's contrast)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --outdir from RUN/last.pt")
     parser.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        metavar="N",
+        help="train on N GPUs of this machine: relaunches itself with torchrun --nproc_per_node=N (DDP)",
+    )
 
 
 def main(args: argparse.Namespace) -> None:
@@ -70,6 +86,30 @@ def main(args: argparse.Namespace) -> None:
         "model.latent_dim": args.latent_dim,
     }
     config = load_config(config_path, overrides)
+    if args.gpus is not None and args.gpus > 1 and not launched_by_torchrun():
+        _relaunch_with_torchrun(args.gpus)
+    workers = start(resolve_device(config.optim.device).type)
+    try:
+        _train(args, run_dir, config, workers)
+    finally:
+        stop(workers)
+
+
+def _relaunch_with_torchrun(n_processes: int) -> None:
+    """Replace this process by ``torchrun --nproc_per_node=N -m cryodomain train ...`` (same flags)."""
+    argv = sys.argv[1:]
+    flags = [arg for i, arg in enumerate(argv) if not (arg == "--gpus" or arg.startswith("--gpus=") or (i > 0 and argv[i - 1] == "--gpus"))]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_processes}", "-m", "cryodomain", *flags]
+    log.info("relaunching on %d processes: %s", n_processes, " ".join(command))
+    os.execv(sys.executable, command)
+
+
+def _train(args: argparse.Namespace, run_dir: Path, config, workers: Workers) -> None:
+    if not workers.is_main:
+        # One log for the run: the other processes report only problems.
+        logging.getLogger().setLevel(logging.WARNING)
+    # Every process checks the same inputs before anything is written, so a bad input stops all
+    # of them alike (none waits for another that has failed).
     check_run_dir(run_dir, resume=args.resume, force=args.force)
 
     # The preflight reads and checks every input before anything is written: bad input leaves no
@@ -82,17 +122,28 @@ def main(args: argparse.Namespace) -> None:
     finally:
         root.removeHandler(preflight_log)
 
-    if args.force and not args.resume:
-        clear_run(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log", mode="a" if args.resume else "w")
-    handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%Y-%m-%d %H:%M:%S"))
+    barrier(workers)
+    handler: logging.Handler = logging.NullHandler()
+    if workers.is_main:
+        if args.force and not args.resume:
+            clear_run(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(run_dir / "train.log", mode="a" if args.resume else "w")
+        handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%Y-%m-%d %H:%M:%S"))
     preflight_log.setTarget(handler)
     preflight_log.close()
     root.addHandler(handler)
+    barrier(workers)
     try:
         checkpoint = train(
-            args.particles, args.structure, run_dir, config, resume=args.resume, downsample_box=args.downsample, data=data
+            args.particles,
+            args.structure,
+            run_dir,
+            config,
+            resume=args.resume,
+            downsample_box=args.downsample,
+            data=data,
+            workers=workers,
         )
     finally:
         root.removeHandler(handler)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cryodomain.model.deformation import deform_points, residue_transforms
-from cryodomain.model.networks import Decoder, Encoder, LatentTable
+from cryodomain.model.networks import Decoder, Encoder, LatentTable, sample_latent
 from cryodomain.model.segmentation import Segmentation, SegmentPart
 
 
@@ -90,6 +90,35 @@ class CryoSphere(nn.Module):
         residue_rotations, residue_translations = residue_transforms(memberships, rotvecs, translations)
         coords = deform_points(self.base_coords, residue_rotations, residue_translations)
         return Deformation(coords, residue_rotations, residue_translations, memberships, rotvecs, translations)
+
+    def forward(
+        self,
+        encoder_input: Tensor,
+        indices: Tensor,
+        latent_noise: Tensor | None = None,
+        segmentation_noise: Tensor | None = None,
+        autocast: bool = False,
+    ) -> tuple[Tensor, Tensor, Deformation]:
+        """One training pass: encode, sample the latent and the segmentation, decode.
+
+        The single entry point of training, so that DistributedDataParallel sees every parameter
+        used in one forward call.
+
+        Args:
+            encoder_input: ``(B, N, N)`` preprocessed images (amortised mode).
+            indices: ``(B,)`` particle indices (non-amortised mode).
+            latent_noise: ``(B, D)`` standard normal draws for the latent sample (drawn if None).
+            segmentation_noise: ``(3, B, K)`` standard normal draws for the segmentation.
+            autocast: bfloat16 for the encoder and decoder MLPs on CUDA.
+
+        Returns:
+            latent mean ``(B, D)``, latent std ``(B, D)`` and the deformation.
+        """
+        with torch.autocast(encoder_input.device.type, dtype=torch.bfloat16, enabled=autocast):
+            mean, std = self.encode(encoder_input, indices)
+        mean, std = mean.float(), std.float()
+        z = sample_latent(mean, std, latent_noise)
+        return mean, std, self.decode(z, segmentation_noise=segmentation_noise, autocast=autocast)
 
     def network_modules(self) -> list[nn.Module]:
         """Encoder and decoder: the modules under the L2 penalty and the main learning rate."""

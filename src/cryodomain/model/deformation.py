@@ -40,6 +40,28 @@ def compose_in_order(matrices: Tensor) -> Tensor:
     return matrices[..., 0, :, :]
 
 
+def compose_quaternions_in_order(quaternions: Tensor) -> Tensor:
+    """Product ``q_{K-1} ... q_1 q_0`` of a sequence of unit quaternions, by pairwise tree reduction.
+
+    The same rotation as :func:`compose_in_order` of their matrices, at a fraction of the cost:
+    a quaternion product is 16 multiply-adds on contiguous components, where a batched 3 x 3
+    matmul pays a kernel call per tiny matrix.
+
+    Args:
+        quaternions: ``(..., K, 4)`` unit quaternions, XYZW (roma's order), ``K >= 1``.
+
+    Returns:
+        ``(..., 4)``.
+    """
+    while quaternions.shape[-2] > 1:
+        if quaternions.shape[-2] % 2 == 1:
+            # An identity appended at the end is applied last and changes nothing.
+            identity = quaternions.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(*quaternions.shape[:-2], 1, 4)
+            quaternions = torch.cat([quaternions, identity], dim=-2)
+        quaternions = roma.quat_product(quaternions[..., 1::2, :], quaternions[..., 0::2, :])
+    return quaternions[..., 0, :]
+
+
 def residue_transforms(memberships: Tensor, rotvecs: Tensor, translations: Tensor) -> tuple[Tensor, Tensor]:
     """Rigid transform of every residue from the segment motions.
 
@@ -54,8 +76,10 @@ def residue_transforms(memberships: Tensor, rotvecs: Tensor, translations: Tenso
     """
     # Each segment's rotation vector scaled by the residue's membership: (B, R, K, 3).
     scaled_rotvecs = memberships.unsqueeze(-1) * rotvecs.unsqueeze(1)
-    segment_rotations = roma.rotvec_to_rotmat(scaled_rotvecs)
-    rotations = compose_in_order(segment_rotations)
+    # Composed as quaternions (B x R x K of them): the same product as compose_in_order of the
+    # matrices, several times faster; one conversion to matrices at the end.
+    segment_quaternions = roma.rotvec_to_unitquat(scaled_rotvecs)
+    rotations = roma.unitquat_to_rotmat(compose_quaternions_in_order(segment_quaternions))
     residue_translations = torch.einsum("brk,bkc->brc", memberships, translations)
     return rotations, residue_translations
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -87,13 +87,12 @@ def step_generator(seed: int, epoch: int, step: int, device: torch.device) -> to
     return generator
 
 
-def all_reduce_sums(values: Sequence[float], workers: Workers, device: torch.device) -> list[float]:
-    """Sum per-process numbers over all processes (epoch metrics over all images)."""
-    if not workers.distributed:
-        return list(values)
-    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.tolist()
+def reduce_sum(values: torch.Tensor, workers: Workers) -> torch.Tensor:
+    """Sum a tensor over all processes (a no-op for one process)."""
+    if workers.distributed:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
 
 
 def barrier(workers: Workers) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from cryodomain.errors import InputError, input_error
 from cryodomain.io.atomic import atomic_output, remove_stale_temporaries
@@ -37,7 +38,6 @@ from cryodomain.model.losses import (
     l2_penalty,
     latent_kl,
 )
-from cryodomain.model.networks import sample_latent
 from cryodomain.model.segmentation import SegmentPart, uniform_centres, uniform_widths
 from cryodomain.physics.ctf import compute_ctf
 from cryodomain.physics.fourier import apply_fourier_filter
@@ -57,10 +57,21 @@ from cryodomain.workflows.data import (
     ctf_parameters,
     dataset_scale,
 )
+from cryodomain.workflows.distributed import (
+    Workers,
+    barrier,
+    reduce_sum,
+    share,
+    step_generator,
+)
 
 log = logging.getLogger(__name__)
 
+# Per-step terms reduced across processes; "total" is recomputed from them with the betas.
+STEP_TERMS = ("correlation", "latent_kl", "centres_kl", "widths_kl", "proportions_kl", "continuity", "clash", "l2")
 LOSS_TERMS = ("total", "correlation", "latent_kl", "centres_kl", "widths_kl", "proportions_kl", "continuity", "clash", "l2")
+# Terms that average over the images of a batch (the others do not depend on the batch).
+BATCH_MEAN_TERMS = ("latent_kl", "continuity", "clash")
 WEIGHTED_TERMS = ("latent_kl", "centres_kl", "widths_kl", "proportions_kl", "continuity", "clash", "l2")
 # Above this many residues the full clash loss would need R^2 pairs per image: use neighbour pairs.
 FULL_CLASH_MAX_RESIDUES = 3000
@@ -280,20 +291,49 @@ def render(model_coords: torch.Tensor, amplitudes: torch.Tensor, rotations: torc
     return images
 
 
+def weighted_total(values: dict[str, float], betas: dict[str, float], n_pixels: int) -> float:
+    """The total loss from the (batch-mean) terms: correlation + sum of beta * term (KL terms / P)."""
+    total = values["correlation"]
+    for name in WEIGHTED_TERMS:
+        total += betas[name] * values[name] / (n_pixels if name.endswith("_kl") else 1.0)
+    return total
+
+
 def compute_losses(
-    model: CryoSphere, batch: dict[str, torch.Tensor], table: ParticleTable, context: StepContext, betas: dict[str, float]
+    model: CryoSphere,
+    batch: dict[str, torch.Tensor],
+    table: ParticleTable,
+    context: StepContext,
+    betas: dict[str, float],
+    *,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+    batch_weight: float = 1.0,
+    forward: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All loss terms of one batch (unweighted) and their weighted ``total``."""
+    """All loss terms of one batch (unweighted) and their weighted ``total``.
+
+    Args:
+        model: the model (its buffers and regularised parameters).
+        batch: a batch from :class:`ParticleBatches`.
+        table: the particle table (CTF parameters).
+        context: constants of the forward model.
+        betas: the weight of every regulariser at this epoch.
+        noise: ``(B, D)`` latent and ``(3, B, K)`` segmentation standard normal draws (drawn from
+            the global RNG when None).
+        batch_weight: factor on the batch-averaged terms in ``total``: a process holding ``b`` of
+            the ``G`` images of a global batch among ``W`` processes uses ``b W / G``, so that
+            DDP's gradient average equals the gradient of the global batch mean.
+        forward: the module to call for the pass (the DDP wrapper of ``model``, or ``model``).
+    """
     device = context.grid.device
     images = batch["images"].to(device, non_blocking=True)
     rotations = batch["rotations"].to(device, non_blocking=True)
     shifts = batch["shifts_A"].to(device, non_blocking=True)
     encoder_input, target = context.preprocess(images, shifts)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=context.mixed_precision):
-        mean, std = model.encode(encoder_input, batch["index"].to(device))
-    mean, std = mean.float(), std.float()
-    z = sample_latent(mean, std)
-    deformation = model.decode(z, autocast=context.mixed_precision)
+    latent_noise, segmentation_noise = noise if noise is not None else (None, None)
+    mean, std, deformation = (forward or model)(
+        encoder_input, batch["index"].to(device), latent_noise, segmentation_noise, context.mixed_precision
+    )
     ctf = compute_ctf(context.preprocess.freqs, ctf_parameters(table, batch["index"].numpy(), device=device))
     predicted = render(deformation.coords, model.amplitudes, rotations, ctf, context)
 
@@ -311,9 +351,11 @@ def compute_losses(
         "l2": l2_penalty(model.network_modules()),
     }
     kl_weight = 1.0 / context.n_pixels  # METHOD.md: the KL terms are divided by the number of pixels
-    total = terms["correlation"]
+    total = batch_weight * terms["correlation"]
     for name in WEIGHTED_TERMS:
         weight = betas[name] * (kl_weight if name.endswith("_kl") else 1.0)
+        if name in BATCH_MEAN_TERMS:
+            weight = weight * batch_weight
         total = total + weight * terms[name]
     terms["total"] = total
     return terms
@@ -575,6 +617,7 @@ def train(
     progress: bool = True,
     stop_after_epoch: int | None = None,
     data: TrainingData | None = None,
+    workers: Workers = Workers(),
 ) -> Path:
     """Train (or resume) a run in ``run_dir``; returns the path of the last checkpoint.
 
@@ -594,6 +637,8 @@ def train(
         progress: show progress bars.
         stop_after_epoch: stop after this epoch.
         data: the inputs already read and checked by :func:`load_training_data` (else read here).
+        workers: this process among the DDP processes (see :mod:`cryodomain.workflows.distributed`);
+            only the main process writes.
 
     Raises:
         InputError: bad inputs, a checkpoint of another run, a non-finite loss (naming the term
@@ -604,10 +649,15 @@ def train(
     torch.manual_seed(config.optim.seed)
     np.random.seed(config.optim.seed % 2**32)
     device = resolve_device(config.optim.device)
+    if device.type == "cuda" and workers.distributed:
+        device = torch.device("cuda", workers.local_rank)
     if data is None:
         data = load_training_data(particles, structure_path, config, downsample_box)
     model = build_model(data, config).to(device)
     optimizer = build_optimizer(model, config)
+    forward: torch.nn.Module = model
+    if workers.distributed:
+        forward = DistributedDataParallel(model, device_ids=[workers.local_rank] if device.type == "cuda" else None)
     inputs = {
         "particles": str(Path(particles).resolve()),
         "structure": str(Path(structure_path).resolve()),
@@ -646,15 +696,19 @@ def train(
     inputs["scale"] = scale
     context = build_context(model, data, config, scale, device)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Temporaries of a killed process never hold anything that a final file does not.
-    for folder in (run_dir, run_dir / "checkpoints"):
-        if folder.is_dir():
-            remove_stale_temporaries(folder)
-    save_config(config, run_dir / "config.yaml")
+    writer = None
     metrics = MetricsLog(run_dir / "metrics.csv")
-    metrics.truncate(start_epoch)
-    writer = _tensorboard(run_dir)
+    if workers.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Temporaries of a killed process never hold anything that a final file does not.
+        for folder in (run_dir, run_dir / "checkpoints"):
+            if folder.is_dir():
+                remove_stale_temporaries(folder)
+        save_config(config, run_dir / "config.yaml")
+        metrics.truncate(start_epoch)
+        writer = _tensorboard(run_dir)
+    n_images, batch_size = len(data.table), config.optim.batch_size
+    latent_dim, n_segments = config.model.latent_dim, model.segmentation.n_segments
     last_checkpoint = run_dir / "last.pt"
     epochs = config.optim.epochs
     try:
@@ -675,6 +729,7 @@ def train(
                     num_workers=config.optim.num_workers,
                     pin_memory=device.type == "cuda",
                     start_batch=first_step,
+                    workers=workers,
                 )
                 n_steps = first_step + len(loader)
                 # Creating the iterator draws from the torch RNG (DataLoader's base seed); a run
@@ -682,13 +737,30 @@ def train(
                 batches = iter(loader)
                 if resumed_inside:
                     _set_rng_state(saved_rng)
-                bar = progress_bar(batches, f"epoch {epoch + 1}/{epochs}", enabled=progress, total=len(loader))
+                bar = progress_bar(batches, f"epoch {epoch + 1}/{epochs}", enabled=progress and workers.is_main, total=len(loader))
                 model.train()
                 for step, batch in enumerate(bar, start=first_step):
                     check_pixels(batch, data.table)
-                    terms = compute_losses(model, batch, data.table, context, betas)
-                    # One device sync per step for all the terms.
-                    values = dict(zip(LOSS_TERMS, torch.stack([terms[name].detach().float() for name in LOSS_TERMS]).tolist()))
+                    # The step's noise is drawn for the whole global batch and sliced: the same for
+                    # any number of processes.
+                    global_size = min(batch_size, n_images - step * batch_size)
+                    rows = share(global_size, workers)
+                    generator = step_generator(config.optim.seed, epoch, step, device)
+                    noise = (
+                        torch.randn((global_size, latent_dim), generator=generator, device=device)[rows],
+                        torch.randn((3, global_size, n_segments), generator=generator, device=device)[:, rows],
+                    )
+                    size = len(batch["index"])
+                    terms = compute_losses(
+                        model, batch, data.table, context, betas, noise=noise, batch_weight=size * workers.world_size / global_size, forward=forward
+                    )
+                    # One device sync (and one all-reduce across processes) per step for all the terms.
+                    local = torch.stack([terms[name].detach().double() * size for name in STEP_TERMS])
+                    flags = torch.tensor([size, stop.received is not None], dtype=torch.float64, device=local.device)
+                    reduced = reduce_sum(torch.cat([local, flags]), workers).tolist()
+                    step_images, stop_requested = reduced[-2], reduced[-1] > 0
+                    values = dict(zip(STEP_TERMS, (value / step_images for value in reduced[: len(STEP_TERMS)])))
+                    values["total"] = weighted_total(values, betas, context.n_pixels)
                     if not all(math.isfinite(value) for value in values.values()):
                         raise _diverged(run_dir, values, epoch, step, saved_epoch)
                     optimizer.zero_grad(set_to_none=True)
@@ -696,27 +768,30 @@ def train(
                     if config.optim.grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
                     optimizer.step()
-                    size = len(batch["index"])
-                    n_seen += size
+                    n_seen += step_images
                     for name in LOSS_TERMS:
-                        sums[name] += values[name] * size
+                        sums[name] += values[name] * step_images
                     bar.set_postfix(loss=f"{sums['total'] / n_seen:.5f}")
-                    if stop.received is not None and step + 1 < n_steps:
+                    if stop_requested and step + 1 < n_steps:
                         mid_epoch = {"step": step + 1, "sums": sums, "n_seen": n_seen, "seconds": time.perf_counter() - started}
-                        save_checkpoint(run_dir, epoch, model, optimizer, inputs, position=mid_epoch)
-                        raise _interrupted(stop.received, run_dir, f"step {step + 1} of epoch {epoch + 1}")
+                        if workers.is_main:
+                            save_checkpoint(run_dir, epoch, model, optimizer, inputs, position=mid_epoch)
+                        barrier(workers)
+                        raise _interrupted(stop.received or signal.SIGTERM, run_dir, f"step {step + 1} of epoch {epoch + 1}")
                 row = {"epoch": epoch + 1, **{name: sums[name] / n_seen for name in LOSS_TERMS}}
                 row.update({f"beta_{name}": value for name, value in betas.items()})
                 row["seconds"] = round(time.perf_counter() - started, 3)
-                metrics.append(row)
-                if writer is not None:
-                    for name in LOSS_TERMS:
-                        writer.add_scalar(f"loss/{name}", row[name], epoch + 1)
-                log.info("epoch %d/%d  loss %.6f  correlation %.6f  (%.1f s)", epoch + 1, epochs, row["total"], row["correlation"], row["seconds"])
-                save_checkpoint(run_dir, epoch + 1, model, optimizer, inputs)
+                if workers.is_main:
+                    metrics.append(row)
+                    if writer is not None:
+                        for name in LOSS_TERMS:
+                            writer.add_scalar(f"loss/{name}", row[name], epoch + 1)
+                    log.info("epoch %d/%d  loss %.6f  correlation %.6f  (%.1f s)", epoch + 1, epochs, row["total"], row["correlation"], row["seconds"])
+                    save_checkpoint(run_dir, epoch + 1, model, optimizer, inputs)
+                barrier(workers)
                 saved_epoch = epoch + 1
-                if stop.received is not None and epoch + 1 < epochs:
-                    raise _interrupted(stop.received, run_dir, f"epoch {epoch + 1}")
+                if stop_requested and epoch + 1 < epochs:
+                    raise _interrupted(stop.received or signal.SIGTERM, run_dir, f"epoch {epoch + 1}")
                 if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                     break
     finally:
