@@ -72,3 +72,19 @@ def test_a_two_process_checkpoint_resumes_on_one_process(runs, tiny_simulation):
     rows = metrics(double)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert np.isfinite(rows[-1]["total"])
+
+
+def test_structures_and_analyze_run_distributed_in_particle_order(runs, tmp_path):
+    single, _ = runs
+    run([sys.executable, "-m", "cryodomain", "structures", str(single), "-o", str(tmp_path / "one")][1:])
+    run([sys.executable, "-m", "cryodomain", "structures", str(single), "-o", str(tmp_path / "two")][1:], processes=2)
+    np.testing.assert_allclose(np.load(tmp_path / "two" / "coords.npy"), np.load(tmp_path / "one" / "coords.npy"), atol=1e-5)
+    assert not [p for p in (tmp_path / "two").iterdir() if "partial" in p.name]
+
+    command = ["-m", "cryodomain", "analyze", str(single), "-o", str(tmp_path / "analysis"), "--kmeans", "3", "--pcs", "2", "--points", "4"]
+    result = run(command, processes=2)
+    assert result.stdout.count("Analysis written to") == 1
+    from cryodomain.workflows.train import latent_means, load_run
+
+    model, state, data = load_run(single)
+    np.testing.assert_allclose(np.load(tmp_path / "analysis" / "z.npy"), latent_means(model, data, state, progress=False), atol=1e-5)

@@ -19,6 +19,8 @@ import logging
 from pathlib import Path
 
 from cryodomain.workflows.analyze import AnalysisOutputs, AnalysisSettings, analyze_run
+from cryodomain.workflows.distributed import start, stop
+from cryodomain.workflows.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,13 @@ def main(args: argparse.Namespace) -> None:
         volume_box=args.box,
         volume_pixel_size_A=args.apix,
     )
-    out = analyze_run(args.run, Path(args.outdir), settings, checkpoint=args.checkpoint, device=args.device)
-    print(describe(out))
+    workers = start(resolve_device(args.device).type)
+    try:
+        out = analyze_run(args.run, Path(args.outdir), settings, checkpoint=args.checkpoint, device=args.device, workers=workers)
+    finally:
+        stop(workers)
+    if out is not None:
+        print(describe(out))
 
 
 def describe(out: AnalysisOutputs) -> str:

@@ -4,7 +4,7 @@ Always writes OUT/coords.npy (images x residues x 3, Å, float32, in the frame o
 images x atoms x 3 with --full-atom); with --format pdb or cif also one multi-model file
 OUT/structures.pdb|cif that ChimeraX plays as a series. Decoding streams to disk.
 
-Examples:
+Examples (also under torchrun, e.g. torchrun --nproc_per_node=4 -m cryodomain structures ...):
     cryodomain structures run1 -o run1/structures
     cryodomain structures run1 -o sel --indices chosen.txt --full-atom --format cif
     cryodomain structures run1 -o path --z points.npy --format pdb
@@ -17,9 +17,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cryodomain.errors import input_error
 from cryodomain.io.structure import write_structure
+from cryodomain.workflows.distributed import Workers, start, stop
 from cryodomain.workflows.structures import write_coordinates
 from cryodomain.workflows.train import latent_means, load_run, resolve_device
 
@@ -59,17 +61,30 @@ def read_latents(path: str | Path, latent_dim: int) -> np.ndarray:
 
 
 def main(args: argparse.Namespace) -> None:
-    model, state, data = load_run(args.run, args.checkpoint, resolve_device(args.device))
+    device = resolve_device(args.device)
+    workers = start(device.type)
+    try:
+        _structures(args, device, workers)
+    finally:
+        stop(workers)
+
+
+def _structures(args: argparse.Namespace, device, workers: Workers) -> None:
+    if workers.distributed and device.type == "cuda":
+        device = torch.device("cuda", workers.local_rank)
+    model, state, data = load_run(args.run, args.checkpoint, device)
     out = Path(args.outdir)
     latent_dim = state["config"]["model"]["latent_dim"]
     if args.z is not None:
         z = read_latents(args.z, latent_dim)
     else:
-        z = latent_means(model, data, state)
+        z = latent_means(model, data, state, workers=workers)
         if args.indices is not None:
             z = z[read_indices(args.indices, len(z))]
     atoms_of = data.structure if args.full_atom else None
-    coords = write_coordinates(out / "coords.npy", model, z, atoms_of=atoms_of)
+    coords = write_coordinates(out / "coords.npy", model, z, atoms_of=atoms_of, workers=workers)
+    if not workers.is_main:
+        return
     log.info("wrote %s %s", out / "coords.npy", tuple(coords.shape))
     if args.format != "npy":
         path = out / f"structures.{args.format}"

@@ -41,6 +41,7 @@ from cryodomain.physics.render import render_volume
 from cryodomain.progress import progress_bar
 from cryodomain.workflows.config import RunConfig
 from cryodomain.workflows.data import ctf_parameters
+from cryodomain.workflows.distributed import Workers
 from cryodomain.workflows.structures import decode_batches
 from cryodomain.workflows.train import (
     WEIGHTED_TERMS,
@@ -400,8 +401,12 @@ def analyze_run(
     *,
     checkpoint: str | Path | None = None,
     device: str = "auto",
-) -> AnalysisOutputs:
+    workers: Workers = Workers(),
+) -> AnalysisOutputs | None:
     """Analyse a trained run into ``out_dir`` (layout in the README, ``cryodomain analyze``).
+
+    Under torchrun the per-particle work (the latent means) is shared among the processes; the
+    main process does the rest and writes everything (the others return None).
 
     Args:
         run_dir: the training run directory (``last.pt``, ``metrics.csv``).
@@ -429,7 +434,9 @@ def analyze_run(
     outputs = AnalysisOutputs(out_dir=out, latents=out / "z.npy")
 
     log.info("latent means of %d particles", len(data.table))
-    z = latent_means(model, data, state, batch_size=settings.batch_size, progress=settings.progress)
+    z = latent_means(model, data, state, batch_size=settings.batch_size, progress=settings.progress, workers=workers)
+    if not workers.is_main:
+        return None
     _save_npy(outputs.latents, z)
 
     # PCA and traversals.

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
@@ -93,6 +94,15 @@ def reduce_sum(values: torch.Tensor, workers: Workers) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def gather_in_order(local: "np.ndarray", workers: Workers) -> "np.ndarray":
+    """Concatenate every process's contiguous share (rank order = particle order), on every process."""
+    if not workers.distributed:
+        return local
+    shares: list = [None] * workers.world_size
+    dist.all_gather_object(shares, local)
+    return np.concatenate(shares)
 
 
 def barrier(workers: Workers) -> None:

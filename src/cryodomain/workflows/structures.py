@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from cryodomain.io.atomic import atomic_output
 from cryodomain.io.structure import AtomicModel
 from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.model.deformation import deform_atoms
 from cryodomain.progress import progress_bar
+from cryodomain.workflows.distributed import Workers, barrier, share
 
 
 def decode_batches(
@@ -38,14 +39,36 @@ def decode_batches(
             yield rows, coords.cpu().numpy().astype(np.float32)
 
 
-def write_coordinates(path: Path, model: CryoSphere, z: np.ndarray, *, atoms_of: AtomicModel | None = None, progress: bool = True) -> np.ndarray:
+def write_coordinates(
+    path: Path, model: CryoSphere, z: np.ndarray, *, atoms_of: AtomicModel | None = None, progress: bool = True, workers: Workers = Workers()
+) -> np.ndarray:
     """Decode ``z`` into ``path`` (``.npy`` ``(M, R or A, 3)`` float32), streamed batch by batch;
-    returns the file memory-mapped."""
+    returns the file memory-mapped.
+
+    With several processes (torchrun) each decodes a contiguous share of ``z`` into the same file;
+    the main process creates it under a temporary name and renames it when all are done, so the
+    final name never holds a partial file.
+    """
+    path = Path(path)
     n_points = atoms_of.n_atoms if atoms_of is not None else model.base_coords.shape[0]
-    with atomic_output(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(z), n_points, 3))
-        for rows, coords in decode_batches(model, z, atoms_of=atoms_of, progress=progress):
-            out[rows] = coords
+    partial = path.with_name(f".{path.name}.partial.npy")
+    if workers.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(z), n_points, 3)).flush()
+    barrier(workers)
+    out = np.load(partial, mmap_mode="r+")
+    mine = share(len(z), workers)
+    try:
+        for rows, coords in decode_batches(model, z[mine], atoms_of=atoms_of, progress=progress and workers.is_main):
+            out[mine.start + rows.start : mine.start + rows.stop] = coords
         out.flush()
         del out
+        barrier(workers)
+        if workers.is_main:
+            os.replace(partial, path)
+    except BaseException:
+        if workers.is_main:
+            partial.unlink(missing_ok=True)
+        raise
+    barrier(workers)
     return np.load(path, mmap_mode="r")

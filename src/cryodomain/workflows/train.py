@@ -60,6 +60,7 @@ from cryodomain.workflows.data import (
 from cryodomain.workflows.distributed import (
     Workers,
     barrier,
+    gather_in_order,
     reduce_sum,
     share,
     step_generator,
@@ -830,8 +831,14 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     return model, state, data
 
 
-def latent_means(model: CryoSphere, data: TrainingData, state: dict, batch_size: int = 256, progress: bool = True) -> np.ndarray:
-    """Latent mean of every image, in particle order: ``(N, D)`` float32."""
+def latent_means(
+    model: CryoSphere, data: TrainingData, state: dict, batch_size: int = 256, progress: bool = True, workers: Workers = Workers()
+) -> np.ndarray:
+    """Latent mean of every image, in particle order: ``(N, D)`` float32.
+
+    With several processes (torchrun), each encodes a contiguous share of the particles and every
+    process gets the whole array back, in particle order.
+    """
     config = RunConfig.model_validate(state["config"])
     device = model.base_coords.device
     context_pre = Preprocessor.build(
@@ -843,11 +850,13 @@ def latent_means(model: CryoSphere, data: TrainingData, state: dict, batch_size:
         invert_contrast=config.data.invert_contrast,
         device=device,
     )
-    out = np.empty((len(data.table), config.model.latent_dim), dtype=np.float32)
-    loader = batch_loader(data.dataset, batch_size, shuffle=False)
+    mine = share(len(data.table), workers)
+    out = np.empty((mine.stop - mine.start, config.model.latent_dim), dtype=np.float32)
+    starts = range(mine.start, mine.stop, batch_size)
     with torch.no_grad():
-        for batch in progress_bar(loader, "latents", enabled=progress):
+        for start in progress_bar(starts, "latents", enabled=progress and workers.is_main):
+            batch = data.dataset[list(range(start, min(start + batch_size, mine.stop)))]
             encoder_input, _ = context_pre(batch["images"].to(device), batch["shifts_A"].to(device))
             mean, _ = model.encode(encoder_input, batch["index"].to(device))
-            out[batch["index"].numpy()] = mean.cpu().numpy()
-    return out
+            out[start - mine.start : start - mine.start + len(mean)] = mean.cpu().numpy()
+    return gather_in_order(out, workers)
