@@ -8,7 +8,7 @@ peak RSS is that configuration's. With ``--reference`` the published cryoSPHERE
 virtual environment, alternating step by step with cryodomain so that load on the machine hits
 both alike, and the loss terms of both are compared on equal inputs, weights and random draws.
 
-Models: ``example`` (the bundled example, 214 residues), the first 1000 or 5000 residues of
+Models: ``example`` (the bundled example, 352 residues), the first 1000 or 5000 residues of
 ``../shared/data/6zu5.cif.gz``, the whole of it (``6zu5``, 14,000 residues with RNA) and
 ``20000`` (6zu5 plus a copy of its first 6,000 residues, 60 Å away along z).
 
