@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryodomain.allocator import keep_freed_memory
 from cryodomain.io.particles import ParticleTable
 from cryodomain.io.structure import AtomicModel, read_atomic_model
 from cryodomain.workflows.config import RunConfig
@@ -252,6 +253,8 @@ class OurStep:
 
 
 def worker_main(args: argparse.Namespace) -> None:
+    if not args.system_allocator:
+        keep_freed_memory()  # as train() does
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -343,7 +346,7 @@ def run_config(args, model: str, box: int, batch: int, segments: int, device: st
     ours_cmd = [
         sys.executable, str(Path(__file__).resolve()), "--worker", "--inputs", str(inputs_path), "--model", model,
         "--segments", str(segments), "--clash", args.clash, "--device", device, "--threads", str(args.threads),
-    ]
+    ] + (["--system-allocator"] if args.system_allocator else [])
     row = {"model": model, "box": box, "batch": batch, "segments": segments, "device": device, "load_before": _load()}
     ours = Worker(ours_cmd)
     row["residues"] = int(np.load(inputs_path)["coords"].shape[0])
@@ -456,6 +459,7 @@ def main() -> None:
     parser.add_argument("--check-box", type=int, default=128)
     parser.add_argument("--check-batch", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="example model, box 64, batch 32, 20 segments")
+    parser.add_argument("--system-allocator", action="store_true", help="time cryodomain without keep_freed_memory() (glibc defaults)")
     parser.add_argument("--json", default=None, help="append result rows (JSON lines) to this file")
     # Worker mode (internal).
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

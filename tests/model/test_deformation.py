@@ -1,7 +1,15 @@
 import roma
 import torch
 
-from cryodomain.model.deformation import compose_in_order, deform_atoms, deform_points, residue_transforms
+from cryodomain.model.deformation import (
+    compose_in_order,
+    deform_atoms,
+    deform_points,
+    quaternion_product,
+    quaternion_to_matrix,
+    residue_transforms,
+    scaled_rotation_quaternions,
+)
 
 
 def generator(seed: int = 0) -> torch.Generator:
@@ -85,3 +93,39 @@ def test_residues_with_zero_membership_do_not_move():
     rotvecs = torch.randn(1, 2, 3, generator=generator(9), dtype=torch.float64)
     rotations, translations = residue_transforms(memberships, rotvecs, torch.ones(1, 2, 3, dtype=torch.float64))
     torch.testing.assert_close(deform_points(base, rotations, translations)[0, 2:], base[2:])
+
+
+def test_quaternion_tables_agree_with_roma():
+    p = roma.random_unitquat(50, dtype=torch.float64)
+    q = roma.random_unitquat(50, dtype=torch.float64)
+    torch.testing.assert_close(quaternion_product(p, q), roma.quat_product(p, q))
+    torch.testing.assert_close(quaternion_to_matrix(p), roma.unitquat_to_rotmat(p))
+
+
+def test_scaled_quaternions_equal_the_quaternions_of_the_scaled_rotation_vectors():
+    memberships = torch.softmax(torch.randn(2, 7, 3, generator=generator(1), dtype=torch.float64), dim=-1)
+    rotvecs = torch.randn(2, 3, 3, generator=generator(2), dtype=torch.float64) * 2.0
+    rotvecs[1, 2] = 0.0  # a segment that does not turn
+    expected = roma.rotvec_to_unitquat(memberships[..., None] * rotvecs[:, None])
+    torch.testing.assert_close(scaled_rotation_quaternions(memberships, rotvecs), expected)
+
+
+def test_gradients_are_finite_when_a_segment_does_not_turn():
+    memberships = torch.softmax(torch.randn(1, 5, 2, generator=generator(3)), dim=-1).requires_grad_()
+    rotvecs = torch.zeros(1, 2, 3, requires_grad=True)
+    rotations, _ = residue_transforms(memberships, rotvecs, torch.zeros(1, 2, 3))
+    (rotations * torch.randn(rotations.shape, generator=generator(4))).sum().backward()
+    assert torch.isfinite(memberships.grad).all() and torch.isfinite(rotvecs.grad).all()
+    # At zero rotation the derivative of the rotation along w_k is the membership times w_k's generator.
+    assert rotvecs.grad.abs().sum() > 0
+
+
+def test_composition_gradients_match_finite_differences():
+    # The tree's product has a hand-written backward (conjugate products): check it numerically.
+    memberships = torch.softmax(torch.randn(2, 4, 5, generator=generator(9), dtype=torch.float64), dim=-1)
+    rotvecs = torch.randn(2, 5, 3, generator=generator(10), dtype=torch.float64)
+
+    def rotations(memberships, rotvecs):
+        return residue_transforms(memberships, rotvecs, torch.zeros(2, 5, 3, dtype=torch.float64))[0]
+
+    assert torch.autograd.gradcheck(rotations, (memberships.requires_grad_(), rotvecs.requires_grad_()))

@@ -124,3 +124,17 @@ def test_fourier_crop_keeps_centre_and_batch_dims():
 def test_fourier_crop_rejects_larger_box():
     with pytest.raises(ValueError):
         fourier_crop(torch.zeros(8, 8), 9)
+
+
+def test_half_grid_filter_equals_full_grid_filter_for_an_even_filter():
+    # A CTF-like even filter applied with rfft2 on the half grid gives the full-grid result.
+    images = torch.randn(3, 16, 16, dtype=torch.float64)
+    full = frequency_grid(16, 2.0, dtype=torch.float64)
+    half = frequency_grid(16, 2.0, half=True, dtype=torch.float64)
+    assert half.shape == (16, 9, 2)
+    torch.testing.assert_close(half, full[:, :9].abs() * torch.tensor([1.0, 0.0]) + full[:, :9] * torch.tensor([0.0, 1.0]))
+
+    def radial(freqs):
+        return torch.cos(40.0 * (freqs**2).sum(-1))
+
+    torch.testing.assert_close(apply_fourier_filter(images, radial(half)), apply_fourier_filter(images, radial(full)))

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from cryodomain import __version__
+from cryodomain.allocator import keep_freed_memory
 from cryodomain.errors import InputError
 from cryodomain.io.atomic import WRITE_ERRNOS, write_failure
 
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(arguments)
     configure_logging(args.debug)
+    keep_freed_memory()
     try:
         args.command_main(args)
     except InputError as error:

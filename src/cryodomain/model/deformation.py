@@ -13,9 +13,14 @@ centre, where the model is centred). With near one-hot memberships each segment 
 
 from __future__ import annotations
 
-import roma
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
+
+# Squared rotation angle below which the angle is taken as 1e-6 rad (its gradient is then 0).
+_SQUARED_ANGLE_FLOOR = 1e-12
 
 
 def compose_in_order(matrices: Tensor) -> Tensor:
@@ -40,12 +45,151 @@ def compose_in_order(matrices: Tensor) -> Tensor:
     return matrices[..., 0, :, :]
 
 
-def compose_quaternions_in_order(quaternions: Tensor) -> Tensor:
-    """Product ``q_{K-1} ... q_1 q_0`` of a sequence of unit quaternions, by pairwise tree reduction.
+# Quaternions are XYZW (roma's order). Both tables turn a product of two quaternions into a
+# matrix product with the outer product ``p_a q_b`` flattened to 16 entries (index ``4 a + b``):
+# one multiply and one small matmul per call, forward and backward, instead of a dozen kernels.
+def _hamilton_table() -> np.ndarray:
+    """``(16, 4)``: ``(p q)_c = sum_ab p_a q_b T[4 a + b, c]``, the Hamilton product (p after q)."""
+    x, y, z, w = range(4)
+    terms = {  # output component: [(sign, a of p, b of q), ...]
+        x: [(1, w, x), (1, x, w), (1, y, z), (-1, z, y)],
+        y: [(1, w, y), (-1, x, z), (1, y, w), (1, z, x)],
+        z: [(1, w, z), (1, x, y), (-1, y, x), (1, z, w)],
+        w: [(1, w, w), (-1, x, x), (-1, y, y), (-1, z, z)],
+    }
+    table = np.zeros((16, 4))
+    for component, products in terms.items():
+        for sign, a, b in products:
+            table[4 * a + b, component] = sign
+    return table
 
-    The same rotation as :func:`compose_in_order` of their matrices, at a fraction of the cost:
-    a quaternion product is 16 multiply-adds on contiguous components, where a batched 3 x 3
-    matmul pays a kernel call per tiny matrix.
+
+def _rotation_table() -> np.ndarray:
+    """``(16, 9)``: ``R(q)_ij = sum_ab q_a q_b T[4 a + b, 3 i + j]`` for a unit quaternion ``q``.
+
+    The homogeneous (purely quadratic) form of the rotation matrix, as ``roma.unitquat_to_rotmat``.
+    """
+    x, y, z, w = range(4)
+    entries = {  # (i, j): [(coefficient, a, b), ...]
+        (0, 0): [(1, x, x), (-1, y, y), (-1, z, z), (1, w, w)],
+        (0, 1): [(2, x, y), (-2, z, w)],
+        (0, 2): [(2, x, z), (2, y, w)],
+        (1, 0): [(2, x, y), (2, z, w)],
+        (1, 1): [(-1, x, x), (1, y, y), (-1, z, z), (1, w, w)],
+        (1, 2): [(2, y, z), (-2, x, w)],
+        (2, 0): [(2, x, z), (-2, y, w)],
+        (2, 1): [(2, y, z), (2, x, w)],
+        (2, 2): [(-1, x, x), (-1, y, y), (1, z, z), (1, w, w)],
+    }
+    table = np.zeros((16, 9))
+    for (i, j), products in entries.items():
+        for coefficient, a, b in products:
+            table[4 * a + b, 3 * i + j] = coefficient
+    return table
+
+
+_HAMILTON = _hamilton_table()
+_ROTATION = _rotation_table()
+
+
+def _outer(p: Tensor, q: Tensor) -> Tensor:
+    """``(..., 4)`` x ``(..., 4)`` -> ``(..., 16)`` products ``p_a q_b`` at ``4 a + b``."""
+    return (p.unsqueeze(-1) * q.unsqueeze(-2)).flatten(start_dim=-2)
+
+
+def quaternion_product(p: Tensor, q: Tensor) -> Tensor:
+    """Hamilton product ``p q`` (the rotation ``q`` first, then ``p``), XYZW.
+
+    Args:
+        p, q: ``(..., 4)`` quaternions (broadcastable).
+
+    Returns:
+        ``(..., 4)``; equal to ``roma.quat_product(p, q)``.
+    """
+    return _outer(p, q) @ torch.as_tensor(_HAMILTON, dtype=p.dtype, device=p.device)
+
+
+def quaternion_to_matrix(q: Tensor) -> Tensor:
+    """Rotation matrices of unit quaternions (XYZW), as ``roma.unitquat_to_rotmat``.
+
+    Args:
+        q: ``(..., 4)`` unit quaternions.
+
+    Returns:
+        ``(..., 3, 3)``.
+    """
+    matrices = _outer(q, q) @ torch.as_tensor(_ROTATION, dtype=q.dtype, device=q.device)
+    return matrices.unflatten(-1, (3, 3))
+
+
+def _hamilton_planes(p: Tensor, q: Tensor, conjugate_p: bool = False, conjugate_q: bool = False) -> Tensor:
+    """Hamilton product of quaternions stored as component planes: ``(4, ...)`` XYZW, equal shapes.
+
+    Sixteen multiply-adds on contiguous planes with no temporaries; ``conjugate_*`` negates the
+    vector part of that factor first (for the backward pass).
+    """
+    px, py, pz, pw = p.unbind(0)
+    qx, qy, qz, qw = q.unbind(0)
+    sp = -1.0 if conjugate_p else 1.0
+    sq = -1.0 if conjugate_q else 1.0
+    out = torch.empty_like(p)
+    x, y, z, w = out.unbind(0)
+    # x = pw qx + px qw + py qz - pz qy (with the conjugation signs folded in)
+    torch.mul(pw, qx, out=x).mul_(sq).addcmul_(px, qw, value=sp).addcmul_(py, qz, value=sp * sq).addcmul_(pz, qy, value=-sp * sq)
+    torch.mul(pw, qy, out=y).mul_(sq).addcmul_(px, qz, value=-sp * sq).addcmul_(py, qw, value=sp).addcmul_(pz, qx, value=sp * sq)
+    torch.mul(pw, qz, out=z).mul_(sq).addcmul_(px, qy, value=sp * sq).addcmul_(py, qx, value=-sp * sq).addcmul_(pz, qw, value=sp)
+    torch.mul(pw, qw, out=w).addcmul_(px, qx, value=-sp * sq).addcmul_(py, qy, value=-sp * sq).addcmul_(pz, qz, value=-sp * sq)
+    return out
+
+
+class _PlaneProduct(torch.autograd.Function):
+    """``r = p q`` on component planes, with the backward ``dp = g conj(q)``, ``dq = conj(p) g``.
+
+    The Hamilton product is bilinear and its left/right multiplication matrices transpose to those
+    of the conjugate, so each gradient is one more product: three products per level of the tree
+    instead of the dozens of small kernels autograd would record.
+    """
+
+    @staticmethod
+    def forward(ctx, p: Tensor, q: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(p, q)
+        return _hamilton_planes(p, q)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        p, q = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_p = _hamilton_planes(grad, q, conjugate_q=True) if ctx.needs_input_grad[0] else None
+        grad_q = _hamilton_planes(p, grad, conjugate_p=True) if ctx.needs_input_grad[1] else None
+        return grad_p, grad_q
+
+
+def compose_quaternion_planes_in_order(planes: Tensor) -> Tensor:
+    """Product ``q_{K-1} ... q_1 q_0`` of sequences of quaternions stored as component planes.
+
+    Pairwise tree reduction over the sequence axis (``ceil(log2 K)`` levels); each level multiplies
+    neighbours ``(2j, 2j+1)`` into ``q_{2j+1} q_{2j}``, which keeps the order.
+
+    Args:
+        planes: ``(4, K, ...)`` XYZW components of ``K >= 1`` quaternions per position.
+
+    Returns:
+        ``(4, ...)``.
+    """
+    while planes.shape[1] > 1:
+        if planes.shape[1] % 2 == 1:
+            # An identity appended at the end is applied last and changes nothing.
+            identity = torch.zeros_like(planes[:, :1])
+            identity[3] = 1.0
+            planes = torch.cat([planes, identity], dim=1)
+        planes = _PlaneProduct.apply(planes[:, 1::2], planes[:, 0::2])
+    return planes[:, 0]
+
+
+def compose_quaternions_in_order(quaternions: Tensor) -> Tensor:
+    """Product ``q_{K-1} ... q_1 q_0`` of a sequence of unit quaternions.
+
+    The same rotation as :func:`compose_in_order` of their matrices, at a fraction of the cost.
 
     Args:
         quaternions: ``(..., K, 4)`` unit quaternions, XYZW (roma's order), ``K >= 1``.
@@ -53,20 +197,44 @@ def compose_quaternions_in_order(quaternions: Tensor) -> Tensor:
     Returns:
         ``(..., 4)``.
     """
-    while quaternions.shape[-2] > 1:
-        if quaternions.shape[-2] % 2 == 1:
-            # An identity appended at the end is applied last and changes nothing.
-            identity = quaternions.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(*quaternions.shape[:-2], 1, 4)
-            quaternions = torch.cat([quaternions, identity], dim=-2)
-        quaternions = roma.quat_product(quaternions[..., 1::2, :], quaternions[..., 0::2, :])
-    return quaternions[..., 0, :]
+    planes = quaternions.movedim(-1, 0).movedim(-1, 1).contiguous()  # (4, K, ...)
+    return compose_quaternion_planes_in_order(planes).movedim(0, -1)
+
+
+def scaled_rotation_planes(memberships: Tensor, rotvecs: Tensor) -> Tensor:
+    """Unit quaternions of ``exp(w_ik w_k)``, the segment rotations scaled by the memberships.
+
+    Memberships are >= 0, so the angle of ``w_ik w_k`` is ``w_ik |w_k|`` and its axis
+    ``u_k = w_k / |w_k|``: the quaternion is ``(sin(a) u_k, cos a)`` with ``a = w_ik |w_k| / 2``,
+    built from ``(K, B, R)`` planes and one ``(K, B, 3)`` broadcast of the axes.
+
+    Args:
+        memberships: ``(B, R, K)`` memberships ``w_ik >= 0``.
+        rotvecs: ``(B, K, 3)`` segment rotation vectors ``w_k``, radians.
+
+    Returns:
+        ``(4, K, B, R)`` XYZW component planes.
+    """
+    weights = memberships.permute(2, 0, 1).contiguous()  # (K, B, R)
+    # The floor keeps the axis and the gradient finite at a zero rotation: there u_k = 0 and the
+    # derivative of sin(a) u_k along w_k is sin(a) / |w_k| = w_ik / 2, as it should be.
+    angles = rotvecs.square().sum(dim=-1).clamp_min(_SQUARED_ANGLE_FLOOR).sqrt()  # (B, K)
+    axes = (rotvecs / angles.unsqueeze(-1)).permute(2, 1, 0).unsqueeze(-1)  # (3, K, B, 1)
+    half_angles = weights * (0.5 * angles).T.unsqueeze(-1)  # (K, B, R)
+    return torch.cat([torch.sin(half_angles) * axes, torch.cos(half_angles).unsqueeze(0)], dim=0)
+
+
+def scaled_rotation_quaternions(memberships: Tensor, rotvecs: Tensor) -> Tensor:
+    """:func:`scaled_rotation_planes` as ``(B, R, K, 4)`` quaternions, equal to
+    ``roma.rotvec_to_unitquat(memberships[..., None] * rotvecs[:, None])``."""
+    return scaled_rotation_planes(memberships, rotvecs).permute(2, 3, 1, 0)
 
 
 def residue_transforms(memberships: Tensor, rotvecs: Tensor, translations: Tensor) -> tuple[Tensor, Tensor]:
     """Rigid transform of every residue from the segment motions.
 
     Args:
-        memberships: ``(B, R, K)`` soft memberships ``w_ik`` (rows sum to 1 inside a part, 0 outside).
+        memberships: ``(B, R, K)`` soft memberships ``w_ik >= 0`` (rows sum to 1 inside a part, 0 outside).
         rotvecs: ``(B, K, 3)`` rotation vectors of the segments, radians.
         translations: ``(B, K, 3)`` translations of the segments, Å.
 
@@ -74,13 +242,11 @@ def residue_transforms(memberships: Tensor, rotvecs: Tensor, translations: Tenso
         ``(rotations, residue_translations)``: ``(B, R, 3, 3)`` ``Rot_i = E_{K-1} ... E_0`` with
         ``E_k = exp(w_ik w_k)`` (segment 0 applied first) and ``(B, R, 3)`` Å ``T_i = sum_k w_ik t_k``.
     """
-    # Each segment's rotation vector scaled by the residue's membership: (B, R, K, 3).
-    scaled_rotvecs = memberships.unsqueeze(-1) * rotvecs.unsqueeze(1)
     # Composed as quaternions (B x R x K of them): the same product as compose_in_order of the
     # matrices, several times faster; one conversion to matrices at the end.
-    segment_quaternions = roma.rotvec_to_unitquat(scaled_rotvecs)
-    rotations = roma.unitquat_to_rotmat(compose_quaternions_in_order(segment_quaternions))
-    residue_translations = torch.einsum("brk,bkc->brc", memberships, translations)
+    residue_planes = compose_quaternion_planes_in_order(scaled_rotation_planes(memberships, rotvecs))  # (4, B, R)
+    rotations = quaternion_to_matrix(residue_planes.permute(1, 2, 0))
+    residue_translations = torch.bmm(memberships, translations)
     return rotations, residue_translations
 
 
@@ -95,7 +261,8 @@ def deform_points(points: Tensor, rotations: Tensor, translations: Tensor) -> Te
     Returns:
         ``(B, R, 3)`` Å deformed positions.
     """
-    return torch.einsum("brij,rj->bri", rotations, points) + translations
+    # A multiply and a sum over j: batched 3 x 3 matmuls pay a kernel call per tiny matrix.
+    return (rotations * points.unsqueeze(-2)).sum(dim=-1) + translations
 
 
 def deform_atoms(atom_points: Tensor, atom_residue_index: Tensor, rotations: Tensor, translations: Tensor) -> Tensor:
@@ -110,6 +277,4 @@ def deform_atoms(atom_points: Tensor, atom_residue_index: Tensor, rotations: Ten
     Returns:
         ``(B, A, 3)`` Å deformed atom positions.
     """
-    atom_rotations = rotations[:, atom_residue_index]
-    atom_translations = translations[:, atom_residue_index]
-    return torch.einsum("baij,aj->bai", atom_rotations, atom_points) + atom_translations
+    return deform_points(atom_points, rotations[:, atom_residue_index], translations[:, atom_residue_index])

@@ -15,34 +15,45 @@ import torch
 from torch import Tensor
 
 
-def frequency_grid(box: int, pixel_size_A: float, *, device=None, dtype=torch.float32) -> Tensor:
+def frequency_grid(box: int, pixel_size_A: float, *, half: bool = False, device=None, dtype=torch.float32) -> Tensor:
     """Spatial frequencies of a ``box x box`` image, unshifted.
 
     Args:
         box: image side N in pixels.
         pixel_size_A: pixel size in Å.
+        half: only the ``N // 2 + 1`` non-negative kx columns, the layout of ``torch.fft.rfft2``
+            (a real image's spectrum is Hermitian, so the other half is redundant).
         device, dtype: of the returned tensor.
 
     Returns:
-        ``(N, N, 2)`` in 1/Å: ``[..., 0]`` is kx (varies along columns), ``[..., 1]`` is ky (varies
-        along rows), both in ``torch.fft.fftfreq`` order.
+        ``(N, N, 2)`` (``(N, N // 2 + 1, 2)`` with ``half``) in 1/Å: ``[..., 0]`` is kx (varies
+        along columns), ``[..., 1]`` is ky (varies along rows), in ``torch.fft.fftfreq`` order
+        (kx in ``rfftfreq`` order with ``half``).
     """
     axis = torch.fft.fftfreq(box, d=pixel_size_A, device=device, dtype=dtype)
-    ky, kx = torch.meshgrid(axis, axis, indexing="ij")
+    columns = torch.fft.rfftfreq(box, d=pixel_size_A, device=device, dtype=dtype) if half else axis
+    ky, kx = torch.meshgrid(axis, columns, indexing="ij")
     return torch.stack([kx, ky], dim=-1)
 
 
 def apply_fourier_filter(images: Tensor, fourier_filter: Tensor) -> Tensor:
     """Multiply images by a filter in Fourier space and return the real part.
 
+    A filter on the half grid (last axis ``N // 2 + 1``, see :func:`frequency_grid`) is applied
+    with ``rfft2``/``irfft2``, at half the cost; for a filter that is even in ``k`` (a CTF, a
+    low-pass, a shift phase ramp) the result is that of the full grid, up to the Nyquist lines.
+
     Args:
         images: ``(..., N, N)`` real images.
-        fourier_filter: ``(..., N, N)`` real or complex, unshifted (as :func:`frequency_grid`);
+        fourier_filter: ``(..., N, N)`` or ``(..., N, N // 2 + 1)``, real or complex, unshifted;
             broadcast against ``images``.
 
     Returns:
         ``(..., N, N)`` real: ``ifft2(fft2(images) * fourier_filter).real``.
     """
+    box = images.shape[-1]
+    if fourier_filter.shape[-1] != box:
+        return torch.fft.irfft2(torch.fft.rfft2(images) * fourier_filter, s=images.shape[-2:])
     return torch.fft.ifft2(torch.fft.fft2(images) * fourier_filter).real
 
 

@@ -171,9 +171,9 @@ class Preprocessor:
     box: int
     pixel_size_A: float
     scale: float
-    freqs: torch.Tensor  # (N, N, 2) 1/Å
+    freqs: torch.Tensor  # (N, N // 2 + 1, 2) 1/Å, the rfft2 half grid
     mask: torch.Tensor | None  # (N, N)
-    lowpass: torch.Tensor | None  # (N, N)
+    lowpass: torch.Tensor | None  # (N, N // 2 + 1)
     sign: float  # -1 to invert the contrast of the data
 
     @classmethod
@@ -188,7 +188,7 @@ class Preprocessor:
         invert_contrast: bool,
         device: torch.device | str = "cpu",
     ) -> Preprocessor:
-        freqs = frequency_grid(box, pixel_size_A, device=device)
+        freqs = frequency_grid(box, pixel_size_A, half=True, device=device)
         mask = None
         if mask_radius_fraction is not None:
             mask = circular_mask(box, radius_px=mask_radius_fraction * box / 2, soft_edge_px=3.0, device=device)
@@ -201,13 +201,14 @@ class Preprocessor:
         The low-pass filter, when set, applies to both: the encoder then sees less noise.
         """
         images = images * (self.sign / self.scale)
-        spectrum = torch.fft.fft2(images)
+        spectrum = torch.fft.rfft2(images)
+        size = images.shape[-2:]
         # Translate by +shift: RELION's origin puts the particle at -shift.
         target_filter = shift_filter(shifts_A, self.freqs)
         if self.lowpass is not None:
             target_filter = target_filter * self.lowpass
-            images = torch.fft.ifft2(spectrum * self.lowpass).real
-        target = torch.fft.ifft2(spectrum * target_filter).real
+            images = torch.fft.irfft2(spectrum * self.lowpass, s=size)
+        target = torch.fft.irfft2(spectrum * target_filter, s=size)
         if self.mask is not None:
             images = images * self.mask
             target = target * self.mask

@@ -185,7 +185,7 @@ def render_particles(
     """Noise-free particle images ``(N, box, box)`` float32 for the poses and CTFs of ``table``."""
     box, apix = settings.box, settings.pixel_size_A
     grid = pixel_coordinates(box, apix, dtype=torch.float64)
-    freqs = frequency_grid(box, apix, dtype=torch.float64)
+    freqs = frequency_grid(box, apix, half=True, dtype=torch.float64)
     points_per_conformation = [torch.as_tensor(p) for p in (_render_points(m, settings.atoms)[0] for m in conformations)]
     amplitudes_per_conformation = [torch.as_tensor(_render_points(m, settings.atoms)[1]) for m in conformations]
     n = len(table)
