@@ -41,6 +41,7 @@ from cryodomain.workflows.train import (
     build_model,
     build_optimizer,
     compute_losses,
+    set_l2_weight,
     load_training_data,
     train,
 )
@@ -75,11 +76,12 @@ def steps_in_memory(star: Path, config: RunConfig) -> float:
     scale = dataset_scale(data.dataset, config.data.normalization_sample, config.optim.seed)
     context = build_context(model, data, config, scale, device)
     betas = betas_at(config, 0)
+    set_l2_weight(optimizer, betas["l2"])  # as train() does
     batches = list(batch_loader(data.dataset, config.optim.batch_size, shuffle=True, seed=config.optim.seed, epoch=0))
     start = time.perf_counter()
     for batch in batches:
         check_pixels(batch, data.table)
-        terms = compute_losses(model, batch, data.table, context, betas)
+        terms = compute_losses(model, batch, data.table, context, betas, l2_gradient=False)
         torch.stack([terms[name].detach() for name in terms]).tolist()
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()

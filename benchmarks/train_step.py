@@ -50,6 +50,7 @@ from cryodomain.workflows.train import (
     build_model,
     build_optimizer,
     compute_losses,
+    set_l2_weight,
     render,
 )
 from cryodomain.physics.ctf import compute_ctf
@@ -175,6 +176,7 @@ class OurStep:
         self.optimizer = build_optimizer(self.model, self.config)
         self.context = build_context(self.model, data, self.config, 1.0, device)
         self.betas = betas_at(self.config, BENCH_EPOCH)
+        set_l2_weight(self.optimizer, self.betas["l2"])  # as train() does
         images = torch.as_tensor(inputs["images"])
         low, high = torch.aminmax(images.flatten(start_dim=1), dim=1)
         self.batch = {
@@ -188,7 +190,7 @@ class OurStep:
 
     def step(self) -> float:
         check_pixels(self.batch, self.table)
-        terms = compute_losses(self.model, self.batch, self.table, self.context, self.betas)
+        terms = compute_losses(self.model, self.batch, self.table, self.context, self.betas, l2_gradient=False)
         values = torch.stack([terms[name].detach().float() for name in LOSS_TERMS]).tolist()
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()

@@ -8,7 +8,19 @@ import yaml
 from cryodomain.errors import InputError
 from cryodomain.examples import STATE_A
 from cryodomain.workflows.config import load_config
-from cryodomain.workflows.train import latent_means, load_run, train
+from cryodomain.workflows.data import batch_loader
+from cryodomain.workflows.train import (
+    betas_at,
+    build_context,
+    build_model,
+    build_optimizer,
+    compute_losses,
+    latent_means,
+    load_run,
+    load_training_data,
+    set_l2_weight,
+    train,
+)
 
 
 def run(tmp_path, simulation, overrides, name="run", **kwargs):
@@ -103,3 +115,29 @@ def test_a_part_on_a_missing_chain_is_an_input_error(tmp_path, tiny_simulation, 
     overrides = {**tiny_config_overrides, "model.parts": [{"chain": "Z", "n_segments": 2}]}
     with pytest.raises(InputError, match="chain"):
         run(tmp_path, tiny_simulation, overrides)
+
+
+def test_weight_decay_step_equals_the_l2_gradient_step(tiny_simulation, tiny_config_overrides):
+    # The loop leaves the L2 gradient to Adam's weight decay: one step must match autograd's.
+    config = load_config(None, {**tiny_config_overrides, "loss.l2.value": 0.3})
+    data = load_training_data(tiny_simulation["star"], STATE_A, config)
+    batch = next(iter(batch_loader(data.dataset, 16, shuffle=False)))
+    betas = betas_at(config, 0)
+    results = []
+    for l2_gradient, weight_decay in ((True, False), (False, True), (False, False)):
+        torch.manual_seed(0)
+        model = build_model(data, config)
+        optimizer = build_optimizer(model, config)
+        if weight_decay:
+            set_l2_weight(optimizer, betas["l2"])
+        context = build_context(model, data, config, 1.0, torch.device("cpu"))
+        noise = (torch.zeros(16, config.model.latent_dim), torch.zeros(3, 16, config.model.n_segments))
+        terms = compute_losses(model, batch, data.table, context, betas, noise=noise, l2_gradient=l2_gradient)
+        optimizer.zero_grad()
+        terms["total"].backward()
+        optimizer.step()
+        results.append((float(terms["total"].detach()), torch.cat([p.detach().flatten() for p in model.parameters()])))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
+    # Without the weight decay the step is another one: the penalty matters here.
+    assert not torch.allclose(results[2][1], results[0][1], rtol=1e-5, atol=1e-7)

@@ -192,8 +192,20 @@ def clash_loss(deformed: Tensor, pairs: Tensor, cutoff: float = 4.0) -> Tensor:
     return (violation.sum(dim=-1) / count).mean()
 
 
+def weights_and_biases(modules: Iterable[nn.Module]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The parameters of ``modules`` split into weights (under the L2 penalty) and biases."""
+    weights, biases = [], []
+    for module in modules:
+        for name, parameter in module.named_parameters():
+            (biases if name.rsplit(".", 1)[-1] == "bias" else weights).append(parameter)
+    return weights, biases
+
+
 def l2_penalty(modules: Iterable[nn.Module]) -> Tensor:
     """Sum of the squared weights (not the biases) of ``modules``.
+
+    Its gradient, ``2 w``, is what Adam's ``weight_decay`` adds to each weight's gradient: the
+    training loop applies it that way (see ``cryodomain.workflows.train.set_l2_weight``).
 
     Args:
         modules: e.g. the encoder and the decoder.
@@ -201,12 +213,8 @@ def l2_penalty(modules: Iterable[nn.Module]) -> Tensor:
     Returns:
         Scalar tensor (0 if there are no weights).
     """
-    squares = [
-        parameter.square().sum()
-        for module in modules
-        for name, parameter in module.named_parameters()
-        if name.rsplit(".", 1)[-1] != "bias"
-    ]
-    if not squares:
+    weights, _ = weights_and_biases(modules)
+    if not weights:
         return torch.zeros(())
-    return torch.stack(squares).sum()
+    # One pass per tensor and no squared copy (the encoder's first layer holds N^2 x 512 weights).
+    return torch.stack([torch.linalg.vector_norm(weight).square() for weight in weights]).sum()

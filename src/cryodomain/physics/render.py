@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+# Lowest exponent evaluated in a Gaussian profile (see _WeightedProfile).
+_EXPONENT_FLOOR = -80.0
 # Gaussian tails beyond this many sigma along z are below float32 precision (exp(-18) ~ 1.5e-8).
 _Z_CUTOFF_SIGMAS = 6.0
 
@@ -57,7 +59,9 @@ class _WeightedProfile(torch.autograd.Function):
     @staticmethod
     def forward(ctx, coordinates: Tensor, grid: Tensor, weights: Tensor | None, sigma_A: float) -> Tensor:  # type: ignore[override]
         profile = coordinates.unsqueeze(-1) - grid
-        profile.square_().mul_(-0.5 / sigma_A**2).exp_()
+        # Clamping the exponent at -80 (exp = 2e-35, far below float32 resolution of any sum)
+        # keeps exp on its vectorised path: arguments that underflow take a slow path, 7x slower.
+        profile.square_().mul_(-0.5 / sigma_A**2).clamp_min_(_EXPONENT_FLOOR).exp_()
         if weights is not None:
             profile.mul_(weights.unsqueeze(-1))
         ctx.save_for_backward(coordinates, grid, profile)
