@@ -111,3 +111,14 @@ def test_profile_gradient_matches_finite_differences():
     assert torch.autograd.gradcheck(lambda c: gaussian_profiles(c, grid, 2.0), (coordinates,))
     learnable = weights.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda c, w: gaussian_profiles(c, grid, 2.0, w), (coordinates, learnable))
+
+
+def test_profile_weights_scale_each_atom_including_zero_and_negative_ones():
+    grid = pixel_coordinates(16, 1.0)
+    coordinates = torch.randn(3, 6) * 3
+    weights = torch.tensor([2.0, 0.5, 1.0, 3.0, 0.0, -1.0])
+    unit = gaussian_profiles(coordinates, grid, 1.5)
+    torch.testing.assert_close(gaussian_profiles(coordinates, grid, 1.5, weights), weights[:, None] * unit)
+    torch.testing.assert_close(gaussian_profiles(coordinates, grid, 1.5, weights.abs() + 0.1), (weights.abs() + 0.1)[:, None] * unit)
+    peak = torch.exp(-((coordinates[..., None] - grid) ** 2) / (2 * 1.5**2))
+    torch.testing.assert_close(unit, peak)
