@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryodomain.allocator import keep_freed_memory
 from cryodomain.workflows.config import RunConfig
 from cryodomain.workflows.data import batch_loader, check_pixels, dataset_scale
 from cryodomain.workflows.train import (
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="append the result (one JSON line) to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    keep_freed_memory()  # train() does; the in-memory steps get the same allocator
     config = RunConfig.model_validate(
         {
             "model": {"n_segments": args.segments},

@@ -226,6 +226,8 @@ class Segmentation(nn.Module):
         self.register_buffer("residue_part", torch.as_tensor(residue_part))
         self.register_buffer("residue_local_index", torch.as_tensor(residue_local_index, dtype=torch.float32))
         self.register_buffer("segment_part", torch.as_tensor(segment_part, dtype=torch.int64))
+        # The common case (one part over the whole model) needs no masking of the memberships.
+        self.covers_all_residues = bool(np.all(residue_part >= 0))
 
     @staticmethod
     def _floored_std(raw: Tensor) -> Tensor:
@@ -284,8 +286,13 @@ class Segmentation(nn.Module):
         widths = (F.elu(width_arguments) + 1.0).clamp_min(WIDTH_FLOOR)
         log_proportions = self._log_proportions(logits)
 
+        # scores = (log p_k - (i - c_k)^2 / (2 s_k^2)) / tau, with the per-segment factors folded
+        # into one multiply-add over the (B, R, K) offsets (the largest tensors here).
         offsets = self.residue_local_index[None, :, None] - centres[:, None, :]
-        scores = (-offsets.square() / (2.0 * widths[:, None, :].square()) + log_proportions[:, None, :]) / self.tau
+        curvature = (-0.5 / self.tau) / widths.square()  # (B, K)
+        scores = torch.addcmul((log_proportions / self.tau)[:, None, :], offsets.square(), curvature[:, None, :])
+        if self.n_parts == 1 and self.covers_all_residues:
+            return torch.softmax(scores, dim=-1)
         inside = self.residue_part >= 0
         # A residue competes only among its own part's segments; rows outside parts are zeroed below.
         allowed = (self.residue_part[:, None] == self.segment_part[None, :]) | ~inside[:, None]
