@@ -7,6 +7,7 @@ import yaml
 
 from cryodomain.errors import InputError
 from cryodomain.examples import STATE_A
+from cryodomain.model.losses import clash_pairs_light
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.data import batch_loader
 from cryodomain.workflows.train import (
@@ -141,3 +142,19 @@ def test_weight_decay_step_equals_the_l2_gradient_step(tiny_simulation, tiny_con
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
     # Without the weight decay the step is another one: the penalty matters here.
     assert not torch.allclose(results[2][1], results[0][1], rtol=1e-5, atol=1e-7)
+
+
+def test_full_clash_switches_to_neighbour_pairs_above_the_threshold(tiny_simulation, tiny_config_overrides, monkeypatch, caplog):
+    # Memory stays linear in residues: no all-pairs list above the threshold, and the log says so.
+    config = load_config(None, {**tiny_config_overrides, "loss.clash_mode": "full"})
+    data = load_training_data(tiny_simulation["star"], STATE_A, config)
+    model = build_model(data, config)
+    n = data.structure.n_residues
+    all_pairs_context = build_context(model, data, config, 1.0, torch.device("cpu"))
+    assert all_pairs_context.clash_pairs.shape[0] == (n - 1) * (n - 2) // 2
+    monkeypatch.setattr("cryodomain.workflows.train.FULL_CLASH_MAX_RESIDUES", n - 1)
+    with caplog.at_level("INFO", logger="cryodomain.workflows.train"):
+        context = build_context(model, data, config, 1.0, torch.device("cpu"))
+    torch.testing.assert_close(context.clash_pairs, clash_pairs_light(model.base_coords))
+    assert context.clash_pairs.shape[0] < n * 20
+    assert any("neighbour pairs" in record.getMessage() for record in caplog.records)
