@@ -138,3 +138,11 @@ def test_half_grid_filter_equals_full_grid_filter_for_an_even_filter():
         return torch.cos(40.0 * (freqs**2).sum(-1))
 
     torch.testing.assert_close(apply_fourier_filter(images, radial(half)), apply_fourier_filter(images, radial(full)))
+
+
+def test_shift_filter_is_the_phase_ramp_on_full_and_half_grids():
+    shifts = torch.tensor([[1.3, -0.4], [0.0, 2.5]], dtype=torch.float64)
+    for half in (False, True):
+        freqs = frequency_grid(12, 1.5, half=half, dtype=torch.float64)
+        phase = -2.0 * math.pi * (shifts[:, None, None, :] * freqs).sum(-1)
+        torch.testing.assert_close(shift_filter(shifts, freqs), torch.polar(torch.ones_like(phase), phase))

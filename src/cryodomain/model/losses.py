@@ -11,6 +11,7 @@ in the number of pairs rather than ``R**2``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -41,8 +42,17 @@ def correlation_loss(predicted: Tensor, observed: Tensor) -> Tensor:
     observed = observed.flatten(start_dim=1)
     n_pixels = predicted.shape[1]
     dots = (predicted * observed).sum(dim=1)
-    scale = (observed.std(dim=1, correction=0) + 1e-5) * (predicted.std(dim=1, correction=0) + 1e-5)
+    scale = (_population_std(observed) + 1e-5) * (_population_std(predicted) + 1e-5)
     return -(dots / scale / n_pixels).mean()
+
+
+def _population_std(values: Tensor) -> Tensor:
+    """Std over the last axis of ``(B, P)`` values, as ``torch.std(correction=0)`` to 1e-6.
+
+    The norm of the centred values: an order of magnitude faster than ``torch.std`` on CPU.
+    """
+    centred = values - values.mean(dim=-1, keepdim=True)
+    return torch.linalg.vector_norm(centred, dim=-1) / math.sqrt(values.shape[-1])
 
 
 def latent_kl(mean: Tensor, std: Tensor, eps: float = 1e-8) -> Tensor:
@@ -86,7 +96,8 @@ def gaussian_kl(mean: Tensor, std: Tensor, prior_mean: Tensor, prior_std: Tensor
 
 def _pair_distances(points: Tensor, pairs: Tensor) -> Tensor:
     """Distances ``(B, P)`` Å between the two residues of each pair, NaN-safe at zero distance."""
-    difference = points[..., pairs[:, 0], :] - points[..., pairs[:, 1], :]
+    # index_select: its backward is an index_add, faster than advanced indexing's index_put.
+    difference = points.index_select(-2, pairs[:, 0]) - points.index_select(-2, pairs[:, 1])
     return difference.square().sum(dim=-1).clamp_min(_SQUARED_DISTANCE_FLOOR).sqrt()
 
 

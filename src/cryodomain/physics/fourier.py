@@ -60,20 +60,22 @@ def apply_fourier_filter(images: Tensor, fourier_filter: Tensor) -> Tensor:
 def shift_filter(shifts_A: Tensor, freqs: Tensor) -> Tensor:
     """Phase ramp that translates image content by ``+shift``.
 
-    Content at position ``p`` moves to ``p + shift``: ``F(k) * exp(-2 pi i k . shift)``.
+    Content at position ``p`` moves to ``p + shift``: ``F(k) * exp(-2 pi i k . shift)``. On a grid
+    from :func:`frequency_grid` the ramp is the product of one ramp per axis, built as an outer
+    product (one complex multiply over the grid instead of a cosine and a sine per frequency).
 
     Args:
         shifts_A: ``(..., 2)`` shifts (x, y) in Å.
-        freqs: ``(N, N, 2)`` frequency grid from :func:`frequency_grid` (any ``(*F, 2)`` works).
+        freqs: ``(N, M, 2)`` frequency grid from :func:`frequency_grid` (full or half).
 
     Returns:
-        complex ``(..., N, N)`` (``(..., *F)`` in general).
+        complex ``(..., N, M)``.
     """
-    # Insert one singleton per frequency-grid dimension so shifts broadcast over the grid.
-    grid_dims = freqs.dim() - 1
-    shifts = shifts_A.reshape(*shifts_A.shape[:-1], *([1] * grid_dims), 2).to(freqs.dtype)
-    phase = -2.0 * math.pi * (shifts * freqs).sum(dim=-1)
-    return torch.polar(torch.ones_like(phase), phase)
+    shifts = shifts_A.to(freqs.dtype)
+    kx, ky = freqs[0, :, 0], freqs[:, 0, 1]  # (M,) along columns, (N,) along rows
+    ramp_x = torch.polar(torch.ones_like(kx), -2.0 * math.pi * shifts[..., 0, None] * kx)  # (..., M)
+    ramp_y = torch.polar(torch.ones_like(ky), -2.0 * math.pi * shifts[..., 1, None] * ky)  # (..., N)
+    return ramp_y.unsqueeze(-1) * ramp_x.unsqueeze(-2)
 
 
 def shift_images(images: Tensor, shifts_A: Tensor, pixel_size_A: float) -> Tensor:

@@ -55,7 +55,7 @@ class _WeightedProfile(torch.autograd.Function):
     passes over them count. Forward: ``d = (c - g) / (sqrt(2) s)``, then ``log a - d^2`` (one
     ``addcmul``), a floor, and ``exp``: four passes. Backward:
     ``dL/dc_i = sum_p G P (g_p - c_i) / s^2 = (sum_p G P g_p - c_i sum_p G P) / s^2``, one product
-    and one ``(..., R, N) @ (N, 2)`` reduction: two passes where autograd would replay about ten.
+    and two reductions: four passes where autograd would replay about ten.
     Only the coordinates get a gradient (grid, weights and width are constants of the step).
     """
 
@@ -76,8 +76,10 @@ class _WeightedProfile(torch.autograd.Function):
         coordinates, grid, profile = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        moments = (grad * profile) @ torch.stack([grid, torch.ones_like(grid)], dim=1)  # (..., R, 2)
-        grad_coordinates = (moments[..., 0] - coordinates * moments[..., 1]) / ctx.sigma_A**2
+        weighted = grad * profile  # (..., R, N)
+        total = weighted.sum(dim=-1)
+        first_moment = weighted.mul_(grid).sum(dim=-1)
+        grad_coordinates = (first_moment - coordinates * total) / ctx.sigma_A**2
         return grad_coordinates, None, None, None
 
 
