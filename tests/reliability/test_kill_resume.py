@@ -43,7 +43,10 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
     config_path = tmp_path / "kill.yaml"
     config_path.write_text(KILL_CONFIG)
     reference = tmp_path / "reference"
+    started = time.perf_counter()
     train(tiny_simulation["star"], STATE_A, reference, load_config(config_path), progress=False)
+    # Kills land at random moments of a run as long as this one (after its preflight).
+    run_seconds = time.perf_counter() - started
 
     run = tmp_path / "run"
     command = [sys.executable, "-m", "cryodomain", "train", str(tiny_simulation["star"]), "--structure", str(STATE_A),
@@ -60,7 +63,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
             # Past the preflight (it writes to train.log), then a random moment of training.
             while process.poll() is None and not (log.exists() and log.stat().st_size > log_size):
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 1.2))
+            time.sleep(rng.uniform(0.0, 0.8 * run_seconds))
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 kills += 1
