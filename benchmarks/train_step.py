@@ -503,7 +503,7 @@ def main() -> None:
                         for device in devices:
                             if elements > args.max_elements:
                                 row = {"model": model, "residues": structures[model].n_residues, "box": box, "batch": batch, "segments": segments,
-                                       "device": device, "skipped": f"batch*residues*box = {elements:.2e} > {args.max_elements:.0e}"}
+                                       "device": device, "skipped": f"batch*residues*box = {elements:.2e} > {args.max_elements:.2g}"}
                             else:
                                 row = run_config(args, model, box, batch, segments, device, inputs_path)
                             print(json.dumps(row), flush=True)
