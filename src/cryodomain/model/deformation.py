@@ -125,43 +125,55 @@ def quaternion_to_matrix(q: Tensor) -> Tensor:
 def _hamilton_planes(p: Tensor, q: Tensor, conjugate_p: bool = False, conjugate_q: bool = False) -> Tensor:
     """Hamilton product of quaternions stored as component planes: ``(4, ...)`` XYZW, equal shapes.
 
-    Sixteen multiply-adds on contiguous planes with no temporaries; ``conjugate_*`` negates the
-    vector part of that factor first (for the backward pass).
+    Sixteen multiply-adds on the planes with no temporaries; ``conjugate_*`` negates the vector part
+    of that factor first (for the backward pass).
     """
     px, py, pz, pw = p.unbind(0)
     qx, qy, qz, qw = q.unbind(0)
     sp = -1.0 if conjugate_p else 1.0
     sq = -1.0 if conjugate_q else 1.0
-    out = torch.empty_like(p)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     x, y, z, w = out.unbind(0)
-    # x = pw qx + px qw + py qz - pz qy (with the conjugation signs folded in)
-    torch.mul(pw, qx, out=x).mul_(sq).addcmul_(px, qw, value=sp).addcmul_(py, qz, value=sp * sq).addcmul_(pz, qy, value=-sp * sq)
-    torch.mul(pw, qy, out=y).mul_(sq).addcmul_(px, qz, value=-sp * sq).addcmul_(py, qw, value=sp).addcmul_(pz, qx, value=sp * sq)
-    torch.mul(pw, qz, out=z).mul_(sq).addcmul_(px, qy, value=sp * sq).addcmul_(py, qx, value=-sp * sq).addcmul_(pz, qw, value=sp)
+    # x = pw qx + px qw + py qz - pz qy, with the conjugation signs folded into the coefficients
+    torch.mul(qx, pw * sq if conjugate_q else pw, out=x).addcmul_(px, qw, value=sp).addcmul_(py, qz, value=sp * sq).addcmul_(pz, qy, value=-sp * sq)
+    torch.mul(qy, pw * sq if conjugate_q else pw, out=y).addcmul_(px, qz, value=-sp * sq).addcmul_(py, qw, value=sp).addcmul_(pz, qx, value=sp * sq)
+    torch.mul(qz, pw * sq if conjugate_q else pw, out=z).addcmul_(px, qy, value=sp * sq).addcmul_(py, qx, value=-sp * sq).addcmul_(pz, qw, value=sp)
     torch.mul(pw, qw, out=w).addcmul_(px, qx, value=-sp * sq).addcmul_(py, qy, value=-sp * sq).addcmul_(pz, qz, value=-sp * sq)
     return out
 
 
-class _PlaneProduct(torch.autograd.Function):
-    """``r = p q`` on component planes, with the backward ``dp = g conj(q)``, ``dq = conj(p) g``.
+class _TreeLevel(torch.autograd.Function):
+    """One level of the tree: ``(4, K, ...)`` -> ``(4, ceil(K / 2), ...)`` with ``r_j = q_{2j+1} q_{2j}``.
 
-    The Hamilton product is bilinear and its left/right multiplication matrices transpose to those
-    of the conjugate, so each gradient is one more product: three products per level of the tree
-    instead of the dozens of small kernels autograd would record.
+    An odd last quaternion passes through (it is applied last). Backward: the Hamilton product is
+    bilinear and its left/right multiplication matrices transpose to those of the conjugate, so
+    ``dL/dp = g conj(q)`` and ``dL/dq = conj(p) g`` are one product each, written straight into the
+    gradient of the level's input (no per-slice zero fills and sums as autograd would do).
     """
 
     @staticmethod
-    def forward(ctx, p: Tensor, q: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(p, q)
-        return _hamilton_planes(p, q)
+    def forward(ctx, planes: Tensor) -> Tensor:  # type: ignore[override]
+        n = planes.shape[1]
+        pairs = n // 2
+        product = _hamilton_planes(planes[:, 1 : 2 * pairs : 2], planes[:, 0 : 2 * pairs : 2])
+        ctx.save_for_backward(planes)
+        if n % 2 == 0:
+            return product
+        return torch.cat([product, planes[:, n - 1 :]], dim=1)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
-        p, q = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_p = _hamilton_planes(grad, q, conjugate_q=True) if ctx.needs_input_grad[0] else None
-        grad_q = _hamilton_planes(p, grad, conjugate_p=True) if ctx.needs_input_grad[1] else None
-        return grad_p, grad_q
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (planes,) = ctx.saved_tensors
+        n = planes.shape[1]
+        pairs = n // 2
+        later, earlier = planes[:, 1 : 2 * pairs : 2], planes[:, 0 : 2 * pairs : 2]
+        grad_pairs = grad[:, :pairs]
+        grad_planes = torch.empty_like(planes)
+        grad_planes[:, 1 : 2 * pairs : 2] = _hamilton_planes(grad_pairs, earlier, conjugate_q=True)
+        grad_planes[:, 0 : 2 * pairs : 2] = _hamilton_planes(later, grad_pairs, conjugate_p=True)
+        if n % 2 == 1:
+            grad_planes[:, n - 1] = grad[:, pairs]
+        return grad_planes
 
 
 def compose_quaternion_planes_in_order(planes: Tensor) -> Tensor:
@@ -177,12 +189,7 @@ def compose_quaternion_planes_in_order(planes: Tensor) -> Tensor:
         ``(4, ...)``.
     """
     while planes.shape[1] > 1:
-        if planes.shape[1] % 2 == 1:
-            # An identity appended at the end is applied last and changes nothing.
-            identity = torch.zeros_like(planes[:, :1])
-            identity[3] = 1.0
-            planes = torch.cat([planes, identity], dim=1)
-        planes = _PlaneProduct.apply(planes[:, 1::2], planes[:, 0::2])
+        planes = _TreeLevel.apply(planes)
     return planes[:, 0]
 
 
