@@ -42,8 +42,8 @@ from cryodomain.workflows.train import (
     build_model,
     build_optimizer,
     compute_losses,
-    set_l2_weight,
     load_training_data,
+    set_l2_weight,
     train,
 )
 

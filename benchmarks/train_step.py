@@ -50,8 +50,8 @@ from cryodomain.workflows.train import (
     build_model,
     build_optimizer,
     compute_losses,
-    set_l2_weight,
     render,
+    set_l2_weight,
 )
 from cryodomain.physics.ctf import compute_ctf
 from cryodomain.workflows.data import check_pixels, ctf_parameters

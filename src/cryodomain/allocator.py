@@ -31,7 +31,7 @@ def keep_freed_memory() -> int:
     Returns:
         The mmap threshold set, in bytes; 0 when the C library is not glibc or refused.
     """
-    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return 0
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -5,10 +5,10 @@ from cryodomain.model.deformation import (
     compose_in_order,
     deform_atoms,
     deform_points,
-    quaternion_product,
+    compose_quaternion_planes_in_order,
     quaternion_to_matrix,
     residue_transforms,
-    scaled_rotation_quaternions,
+    scaled_rotation_planes,
 )
 
 
@@ -98,7 +98,9 @@ def test_residues_with_zero_membership_do_not_move():
 def test_quaternion_tables_agree_with_roma():
     p = roma.random_unitquat(50, dtype=torch.float64)
     q = roma.random_unitquat(50, dtype=torch.float64)
-    torch.testing.assert_close(quaternion_product(p, q), roma.quat_product(p, q))
+    # The tree's product of the sequence (q, p) is p q: q applied first.
+    planes = torch.stack([q, p]).permute(2, 0, 1)  # (4, K=2, 50)
+    torch.testing.assert_close(compose_quaternion_planes_in_order(planes).T, roma.quat_product(p, q))
     torch.testing.assert_close(quaternion_to_matrix(p), roma.unitquat_to_rotmat(p))
 
 
@@ -107,7 +109,7 @@ def test_scaled_quaternions_equal_the_quaternions_of_the_scaled_rotation_vectors
     rotvecs = torch.randn(2, 3, 3, generator=generator(2), dtype=torch.float64) * 2.0
     rotvecs[1, 2] = 0.0  # a segment that does not turn
     expected = roma.rotvec_to_unitquat(memberships[..., None] * rotvecs[:, None])
-    torch.testing.assert_close(scaled_rotation_quaternions(memberships, rotvecs), expected)
+    torch.testing.assert_close(scaled_rotation_planes(memberships, rotvecs).permute(2, 3, 1, 0), expected)
 
 
 def test_gradients_are_finite_when_a_segment_does_not_turn():

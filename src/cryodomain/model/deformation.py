@@ -13,8 +13,6 @@ centre, where the model is centred). With near one-hot memberships each segment 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -45,25 +43,8 @@ def compose_in_order(matrices: Tensor) -> Tensor:
     return matrices[..., 0, :, :]
 
 
-# Quaternions are XYZW (roma's order). Both tables turn a product of two quaternions into a
-# matrix product with the outer product ``p_a q_b`` flattened to 16 entries (index ``4 a + b``):
-# one multiply and one small matmul per call, forward and backward, instead of a dozen kernels.
-def _hamilton_table() -> np.ndarray:
-    """``(16, 4)``: ``(p q)_c = sum_ab p_a q_b T[4 a + b, c]``, the Hamilton product (p after q)."""
-    x, y, z, w = range(4)
-    terms = {  # output component: [(sign, a of p, b of q), ...]
-        x: [(1, w, x), (1, x, w), (1, y, z), (-1, z, y)],
-        y: [(1, w, y), (-1, x, z), (1, y, w), (1, z, x)],
-        z: [(1, w, z), (1, x, y), (-1, y, x), (1, z, w)],
-        w: [(1, w, w), (-1, x, x), (-1, y, y), (-1, z, z)],
-    }
-    table = np.zeros((16, 4))
-    for component, products in terms.items():
-        for sign, a, b in products:
-            table[4 * a + b, component] = sign
-    return table
-
-
+# Quaternions are XYZW (roma's order). The rotation matrix of a quaternion is a quadratic form:
+# a matrix product with the outer product ``q_a q_b`` flattened to 16 entries (index ``4 a + b``).
 def _rotation_table() -> np.ndarray:
     """``(16, 9)``: ``R(q)_ij = sum_ab q_a q_b T[4 a + b, 3 i + j]`` for a unit quaternion ``q``.
 
@@ -88,25 +69,12 @@ def _rotation_table() -> np.ndarray:
     return table
 
 
-_HAMILTON = _hamilton_table()
 _ROTATION = _rotation_table()
 
 
 def _outer(p: Tensor, q: Tensor) -> Tensor:
     """``(..., 4)`` x ``(..., 4)`` -> ``(..., 16)`` products ``p_a q_b`` at ``4 a + b``."""
     return (p.unsqueeze(-1) * q.unsqueeze(-2)).flatten(start_dim=-2)
-
-
-def quaternion_product(p: Tensor, q: Tensor) -> Tensor:
-    """Hamilton product ``p q`` (the rotation ``q`` first, then ``p``), XYZW.
-
-    Args:
-        p, q: ``(..., 4)`` quaternions (broadcastable).
-
-    Returns:
-        ``(..., 4)``; equal to ``roma.quat_product(p, q)``.
-    """
-    return _outer(p, q) @ torch.as_tensor(_HAMILTON, dtype=p.dtype, device=p.device)
 
 
 def quaternion_to_matrix(q: Tensor) -> Tensor:
@@ -132,12 +100,13 @@ def _hamilton_planes(p: Tensor, q: Tensor, conjugate_p: bool = False, conjugate_
     qx, qy, qz, qw = q.unbind(0)
     sp = -1.0 if conjugate_p else 1.0
     sq = -1.0 if conjugate_q else 1.0
+    signed_pw = pw * sq if conjugate_q else pw
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     x, y, z, w = out.unbind(0)
     # x = pw qx + px qw + py qz - pz qy, with the conjugation signs folded into the coefficients
-    torch.mul(qx, pw * sq if conjugate_q else pw, out=x).addcmul_(px, qw, value=sp).addcmul_(py, qz, value=sp * sq).addcmul_(pz, qy, value=-sp * sq)
-    torch.mul(qy, pw * sq if conjugate_q else pw, out=y).addcmul_(px, qz, value=-sp * sq).addcmul_(py, qw, value=sp).addcmul_(pz, qx, value=sp * sq)
-    torch.mul(qz, pw * sq if conjugate_q else pw, out=z).addcmul_(px, qy, value=sp * sq).addcmul_(py, qx, value=-sp * sq).addcmul_(pz, qw, value=sp)
+    torch.mul(qx, signed_pw, out=x).addcmul_(px, qw, value=sp).addcmul_(py, qz, value=sp * sq).addcmul_(pz, qy, value=-sp * sq)
+    torch.mul(qy, signed_pw, out=y).addcmul_(px, qz, value=-sp * sq).addcmul_(py, qw, value=sp).addcmul_(pz, qx, value=sp * sq)
+    torch.mul(qz, signed_pw, out=z).addcmul_(px, qy, value=sp * sq).addcmul_(py, qx, value=-sp * sq).addcmul_(pz, qw, value=sp)
     torch.mul(pw, qw, out=w).addcmul_(px, qx, value=-sp * sq).addcmul_(py, qy, value=-sp * sq).addcmul_(pz, qz, value=-sp * sq)
     return out
 
@@ -193,21 +162,6 @@ def compose_quaternion_planes_in_order(planes: Tensor) -> Tensor:
     return planes[:, 0]
 
 
-def compose_quaternions_in_order(quaternions: Tensor) -> Tensor:
-    """Product ``q_{K-1} ... q_1 q_0`` of a sequence of unit quaternions.
-
-    The same rotation as :func:`compose_in_order` of their matrices, at a fraction of the cost.
-
-    Args:
-        quaternions: ``(..., K, 4)`` unit quaternions, XYZW (roma's order), ``K >= 1``.
-
-    Returns:
-        ``(..., 4)``.
-    """
-    planes = quaternions.movedim(-1, 0).movedim(-1, 1).contiguous()  # (4, K, ...)
-    return compose_quaternion_planes_in_order(planes).movedim(0, -1)
-
-
 def scaled_rotation_planes(memberships: Tensor, rotvecs: Tensor) -> Tensor:
     """Unit quaternions of ``exp(w_ik w_k)``, the segment rotations scaled by the memberships.
 
@@ -229,12 +183,6 @@ def scaled_rotation_planes(memberships: Tensor, rotvecs: Tensor) -> Tensor:
     axes = (rotvecs / angles.unsqueeze(-1)).permute(2, 1, 0).unsqueeze(-1)  # (3, K, B, 1)
     half_angles = weights * (0.5 * angles).T.unsqueeze(-1)  # (K, B, R)
     return torch.cat([torch.sin(half_angles) * axes, torch.cos(half_angles).unsqueeze(0)], dim=0)
-
-
-def scaled_rotation_quaternions(memberships: Tensor, rotvecs: Tensor) -> Tensor:
-    """:func:`scaled_rotation_planes` as ``(B, R, K, 4)`` quaternions, equal to
-    ``roma.rotvec_to_unitquat(memberships[..., None] * rotvecs[:, None])``."""
-    return scaled_rotation_planes(memberships, rotvecs).permute(2, 3, 1, 0)
 
 
 def residue_transforms(memberships: Tensor, rotvecs: Tensor, translations: Tensor) -> tuple[Tensor, Tensor]:
