@@ -1,0 +1,36 @@
+"""Same seed, same trained run: the parameters and latent means of a 2-epoch run equal, to 1e-5,
+those the code produced before the training package was split (tools/make_refactor_reference.py)."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryodomain.examples import STATE_A
+from cryodomain.workflows.config import load_config
+from cryodomain.workflows.train import latent_means, load_run, train
+
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "refactor_reference.npz"
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_epochs_give_the_reference_parameters_and_latents(tmp_path, tiny_simulation, tiny_config_overrides, one_thread):
+    reference = np.load(REFERENCE)
+    assert hashlib.sha256(Path(tiny_simulation["particles"]).read_bytes()).hexdigest() == str(reference["particles_sha256"])
+    train(tiny_simulation["star"], STATE_A, tmp_path / "run", load_config(None, tiny_config_overrides), progress=False)
+    model, state, data = load_run(tmp_path / "run")
+    parameters = {name: value.cpu().numpy() for name, value in model.state_dict().items()}
+    expected = {key.removeprefix("param/"): reference[key] for key in reference.files if key.startswith("param/")}
+    assert sorted(parameters) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(parameters[name], value, rtol=0, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(latent_means(model, data, state, progress=False), reference["latent_means"], rtol=0, atol=1e-5)
