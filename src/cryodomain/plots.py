@@ -1,4 +1,9 @@
-"""Pictures of results (PNG, matplotlib's Agg backend: no display needed)."""
+"""Pictures of results (PNG, no display needed).
+
+Every picture is a bare :class:`matplotlib.figure.Figure`: ``savefig`` renders it with the Agg
+canvas, so this module neither imports ``matplotlib.pyplot`` nor changes the global backend of a
+program (a notebook, a GUI) that imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,10 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cryodomain.io.atomic import atomic_output  # noqa: E402
+from cryodomain.io.atomic import atomic_output
 
 
 def image_panel(
@@ -32,7 +35,8 @@ def image_panel(
         suptitle: figure title.
     """
     n_rows, n_cols = len(rows), len(rows[0])
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 * n_cols, 1.6 * n_rows + 0.4), squeeze=False)
+    fig = Figure(figsize=(1.6 * n_cols, 1.6 * n_rows + 0.4))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r, images in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r, c]
@@ -54,7 +58,8 @@ def particle_grid(path: str | Path, images: np.ndarray, titles: Sequence[str] | 
     images = images[:16]
     n_cols = min(len(images), 4)
     n_rows = math.ceil(len(images) / n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.0 * n_cols, 2.0 * n_rows + 0.4), squeeze=False)
+    fig = Figure(figsize=(2.0 * n_cols, 2.0 * n_rows + 0.4))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -69,12 +74,11 @@ def particle_grid(path: str | Path, images: np.ndarray, titles: Sequence[str] | 
     _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> None:
-    """Write ``fig`` as a PNG atomically and release it."""
+def _save(fig: Figure, path: str | Path) -> None:
+    """Write ``fig`` as a PNG atomically (a bare Figure: nothing to close, no pyplot registry)."""
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
 
 
 def latent_density(
@@ -96,8 +100,9 @@ def latent_density(
     """
     coords = np.asarray(coords, dtype=np.float64)
     marks = marks or {}
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    colours = plt.get_cmap("tab10")
+    fig = Figure(figsize=(5.2, 4.6))
+    ax = fig.subplots()
+    colours = matplotlib.colormaps["tab10"]
     if coords.shape[1] >= 2:
         gridsize = int(np.clip(np.sqrt(len(coords)), 10, 60))
         density = ax.hexbin(coords[:, 0], coords[:, 1], gridsize=gridsize, cmap="Greys", mincnt=1, bins="log")
@@ -134,7 +139,8 @@ def explained_variance(path: str | Path, ratio: np.ndarray) -> None:
     """
     ratio = np.asarray(ratio, dtype=np.float64)
     pcs = np.arange(1, len(ratio) + 1)
-    fig, ax = plt.subplots(figsize=(max(3.5, 0.5 * len(ratio) + 2), 3.4))
+    fig = Figure(figsize=(max(3.5, 0.5 * len(ratio) + 2), 3.4))
+    ax = fig.subplots()
     ax.bar(pcs, ratio, color="steelblue", label="per PC")
     ax.plot(pcs, np.cumsum(ratio), "-o", color="black", ms=3, label="cumulative")
     ax.set_xticks(pcs)
@@ -159,8 +165,9 @@ def segment_membership(path: str | Path, segment: np.ndarray, probability: np.nd
     probability = np.asarray(probability, dtype=np.float64)
     index = np.arange(len(segment))
     n_segments = int(segment.max()) + 1 if (segment >= 0).any() else 0
-    colours = plt.get_cmap("tab20" if n_segments <= 20 else "turbo", max(n_segments, 1))
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    colours = matplotlib.colormaps["tab20" if n_segments <= 20 else "turbo"].resampled(max(n_segments, 1))
+    fig = Figure(figsize=(9, 3.2))
+    ax = fig.subplots()
     fixed = segment < 0
     if fixed.any():
         ax.bar(index[fixed], np.ones(int(fixed.sum())), width=1.0, color="0.85", label="fixed")
@@ -199,7 +206,8 @@ def training_curves(
         regularisers: name -> ``(E,)`` weighted values (>= 0; zeros are not drawn on the log scale).
         marked_epoch: an epoch to mark with a vertical line (e.g. the analysed checkpoint).
     """
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    fig = Figure(figsize=(9.5, 3.6))
+    left, right = fig.subplots(1, 2)
     for name, values in losses.items():
         left.plot(epochs, values, "-o", ms=2, label=name)
     left.set_title("losses", fontsize=9)

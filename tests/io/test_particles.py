@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from cryodomain.errors import InputError
-from cryodomain.io.particles import ParticleTable, group_optics, read_particles, resolve_stack_paths
+from cryodomain.io.metadata import read_particles
+from cryodomain.io.particles import ParticleTable, group_optics, resolve_stack_paths
 from cryodomain.io.stack import write_stack
 from cryodomain.io.star import write_star
 

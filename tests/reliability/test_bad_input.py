@@ -110,7 +110,7 @@ def test_pixel_size_in_metadata_disagrees_with_the_stack_header(star_variant, re
 def test_an_unset_header_pixel_size_is_not_a_disagreement(star_variant, tiny_simulation, tiny_config_overrides):
     from cryodomain.examples import STATE_A
     from cryodomain.workflows.config import load_config
-    from cryodomain.workflows.train import load_training_data
+    from cryodomain.workflows.inputs import load_training_data
 
     path = star_variant(images=stack_images(tiny_simulation), pixel_size_A=1.0)
     data = load_training_data(path, STATE_A, load_config(None, tiny_config_overrides))
@@ -208,7 +208,7 @@ def test_cs_negative_defocus_and_zero_voltage(cs_variant, refused):
 def test_the_good_cs_file_passes_the_preflight(cs_variant, tiny_config_overrides):
     from cryodomain.examples import STATE_A
     from cryodomain.workflows.config import load_config
-    from cryodomain.workflows.train import load_training_data
+    from cryodomain.workflows.inputs import load_training_data
 
     data = load_training_data(cs_variant(), STATE_A, load_config(None, tiny_config_overrides))
     assert len(data.table) == 48 and data.box == 32

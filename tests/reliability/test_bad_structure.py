@@ -7,7 +7,7 @@ from cryodomain.errors import InputError
 from cryodomain.examples import STATE_A
 from cryodomain.io.structure import read_atomic_model
 from cryodomain.workflows.config import load_config
-from cryodomain.workflows.train import resolve_parts
+from cryodomain.workflows.inputs import resolve_parts
 
 
 def edited_model(tmp_path, edit, name="model.pdb"):

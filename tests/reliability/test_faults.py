@@ -17,18 +17,17 @@ from reliability_helpers import (
     stack_images,
 )
 
+import cryodomain.workflows.inputs as inputs_module
+import cryodomain.workflows.objective as objective_module
 import cryodomain.workflows.train as train_module
 from cryodomain.commands.main import main
 from cryodomain.errors import InputError
 from cryodomain.examples import STATE_A
 from cryodomain.io.atomic import atomic_output
 from cryodomain.workflows.config import load_config
-from cryodomain.workflows.train import (
-    TrainingInterrupted,
-    build_model,
-    load_training_data,
-    train,
-)
+from cryodomain.workflows.inputs import build_model, load_training_data
+from cryodomain.workflows.signals import TrainingInterrupted
+from cryodomain.workflows.train import train
 
 
 def signal_at_step(monkeypatch, signal_number: int, call: int) -> None:
@@ -89,7 +88,7 @@ def test_sigint_through_the_command_exits_130_and_resumes_exactly(tmp_path, tiny
 
 
 def test_nan_loss_names_the_term_and_step_and_keeps_the_last_checkpoint(tmp_path, tiny_simulation, fault_config, reference_run, monkeypatch, capsys):
-    original = train_module.clash_loss
+    original = objective_module.clash_loss
     calls = {"n": 0}
 
     def clash_turning_nan(*args, **kwargs):
@@ -97,7 +96,7 @@ def test_nan_loss_names_the_term_and_step_and_keeps_the_last_checkpoint(tmp_path
         value = original(*args, **kwargs)
         return value * float("nan") if calls["n"] == STEPS_PER_EPOCH + 2 else value
 
-    monkeypatch.setattr(train_module, "clash_loss", clash_turning_nan)
+    monkeypatch.setattr(objective_module, "clash_loss", clash_turning_nan)
     run = tmp_path / "run"
     status = main(cli("train", tiny_simulation["star"], "--structure", STATE_A, "-o", run, "--config", fault_config))
     lines = capsys.readouterr().err.strip().splitlines()
@@ -110,7 +109,7 @@ def test_nan_loss_names_the_term_and_step_and_keeps_the_last_checkpoint(tmp_path
 def test_a_nan_image_missed_by_the_preflight_sample_is_named_in_training(tmp_path, star_variant, tiny_simulation, fault_config, monkeypatch):
     images = stack_images(tiny_simulation)
     images[30, 5, 5] = float("nan")
-    monkeypatch.setattr(train_module, "check_pixel_sample", lambda *args, **kwargs: None)
+    monkeypatch.setattr(inputs_module, "check_pixel_sample", lambda *args, **kwargs: None)
     with pytest.raises(InputError, match=r"particles.star: particle row 31 \(000031@.*particles.mrcs\): image has NaN or infinite pixels"):
         train(star_variant(images=images), STATE_A, tmp_path / "run", load_config(fault_config), progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()

@@ -15,7 +15,8 @@ from reliability_helpers import assert_same_model, metric_totals
 
 from cryodomain.examples import STATE_A
 from cryodomain.workflows.config import load_config
-from cryodomain.workflows.train import LOSS_TERMS, train
+from cryodomain.workflows.objective import LOGGED_VALUES
+from cryodomain.workflows.train import train
 
 # Long enough (36 steps) for kills to land inside epochs, in checkpoint writes and between them.
 KILL_CONFIG = """\
@@ -34,7 +35,7 @@ def assert_final_files_are_whole(run):
     if (run / "metrics.csv").exists():
         with open(run / "metrics.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
-        assert all(set(LOSS_TERMS) <= row.keys() and row["seconds"] for row in rows)
+        assert all(set(LOGGED_VALUES) <= row.keys() and row["seconds"] for row in rows)
     if (run / "config.yaml").exists():
         assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["epochs"] == 6
 

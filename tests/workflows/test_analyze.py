@@ -18,23 +18,21 @@ import starfile
 from cryodomain.commands.main import main
 from cryodomain.errors import InputError
 from cryodomain.examples import STATE_A
+from cryodomain.io.maps import write_map
 from cryodomain.io.star import read_star
 from cryodomain.io.structure import read_atomic_model, write_structure
 from cryodomain.workflows.analyze import (
     AnalysisSettings,
     analyze_run,
-    kmeans_latents,
-    latent_pca,
     metric_curves,
-    nearest_latents,
     observed_and_model_images,
-    pc_traversal,
     structure_suffix,
-    write_volume,
 )
+from cryodomain.workflows.latent import kmeans_latents, latent_pca, nearest_latents, pc_traversal
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.structures import decode_batches
-from cryodomain.workflows.train import latent_means, load_run, train
+from cryodomain.workflows.train import train
+from cryodomain.workflows.trained_run import TrainedRun
 
 N_IMAGES, N_RESIDUES, N_ATOMS, LATENT_DIM, BOX, APIX = 48, 352, 3115, 2, 32, 4.0
 N_POINTS, N_CLUSTERS = 6, 10
@@ -66,9 +64,10 @@ def analysed(tmp_path_factory, tiny_simulation, tiny_config_overrides):
             ["analyze", str(root / "run"), "-o", str(out), "--points", str(N_POINTS), "--full-atom", "--volumes", "--umap", "--device", "cpu"]
         )
     assert status == 0
-    model, state, data = load_run(root / "run")
-    z = latent_means(model, data, state, progress=False)
-    return types.SimpleNamespace(run=root / "run", out=out, summary=summary.getvalue(), model=model, state=state, data=data, z=z, star=tiny_simulation["star"])
+    run = TrainedRun.load(root / "run")
+    model, data = run.model, run.data
+    z = run.latent_means(progress=False)
+    return types.SimpleNamespace(run_dir=root / "run", run=run, out=out, summary=summary.getvalue(), model=model, data=data, z=z, star=tiny_simulation["star"])
 
 
 def test_latent_means_and_pca_spectrum(analysed):
@@ -170,7 +169,7 @@ def test_volumes_are_on_the_data_grid_centred_on_the_model(analysed):
     expected = (residues[0] * amplitudes[:, None]).sum(0) / amplitudes.sum()
     np.testing.assert_allclose(centre_of_mass, expected, atol=0.5)
     # Integral as in the projections: each residue contributes its amplitude times 2 pi sigma^2.
-    sigma = analysed.state["config"]["model"]["sigma_A"]
+    sigma = analysed.run.config.model.sigma_A
     assert density.sum() * APIX**3 == pytest.approx(amplitudes.sum() * 2 * np.pi * sigma**2, rel=0.05)
 
 
@@ -197,15 +196,15 @@ def test_summary_says_where_to_look(analysed):
 
 def test_model_images_resemble_the_observed_ones(analysed):
     rows = np.array([0, 7, 21])
-    observed, predicted, correlation = observed_and_model_images(analysed.model, analysed.data, analysed.state, rows)
+    observed, predicted, correlation = observed_and_model_images(analysed.run, rows)
     assert observed.shape == predicted.shape == (3, BOX, BOX)
     # The base model already explains the simulated images: clearly positive correlation.
     assert (correlation > 0.3).all()
 
 
 def test_training_curves_hold_the_weighted_regularisers(analysed):
-    epochs, losses, regularisers = metric_curves(analysed.run / "metrics.csv", BOX * BOX)
-    metrics = pd.read_csv(analysed.run / "metrics.csv")
+    epochs, losses, regularisers = metric_curves(analysed.run_dir / "metrics.csv", BOX * BOX)
+    metrics = pd.read_csv(analysed.run_dir / "metrics.csv")
     assert epochs.tolist() == [1, 2]
     np.testing.assert_allclose(losses["total"], metrics["total"])
     np.testing.assert_allclose(regularisers["continuity"], metrics["beta_continuity"] * metrics["continuity"])
@@ -218,7 +217,7 @@ def test_a_second_analysis_into_the_same_folder_leaves_no_stale_clusters(analyse
     for stale in ("cluster_07.star", "center_07.mrc"):
         (out / "kmeans" / stale).write_text("from an earlier analysis")
     settings = AnalysisSettings(n_pcs=1, n_points=3, n_clusters=2, progress=False)
-    written = analyze_run(analysed.run, out, settings, device="cpu")
+    written = analyze_run(analysed.run_dir, out, settings, device="cpu")
     assert sorted(path.name for path in (out / "kmeans").glob("cluster_*.star")) == ["cluster_00.star", "cluster_01.star"]
     assert written.cluster_stars == [out / "kmeans" / "cluster_00.star", out / "kmeans" / "cluster_01.star"]
     assert not list((out / "kmeans").glob("*.mrc")) and written.volumes == []
@@ -279,7 +278,7 @@ def test_long_chain_names_switch_structures_to_mmcif(tmp_path):
 
 
 def test_volume_header_for_a_chosen_grid(tmp_path):
-    write_volume(tmp_path / "v.mrc", np.zeros((20, 20, 20), dtype=np.float32), 5.0)
+    write_map(tmp_path / "v.mrc", np.zeros((20, 20, 20), dtype=np.float32), 5.0)
     with mrcfile.open(tmp_path / "v.mrc") as mrc:
         assert mrc.data.shape == (20, 20, 20) and mrc.voxel_size.z == pytest.approx(5.0)
         assert (mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z) == pytest.approx((-50.0, -50.0, -50.0))

@@ -1,6 +1,6 @@
 import numpy as np
 
-from cryodomain.io.particles import read_particles
+from cryodomain.io.metadata import read_particles
 from cryodomain.io.stack import ParticleImages
 from cryodomain.workflows.convert import convert_particles
 

@@ -3,7 +3,7 @@
 import mrcfile
 import numpy as np
 
-from cryodomain.io.particles import read_particles
+from cryodomain.io.metadata import read_particles
 from cryodomain.workflows.data import ParticleBatches, batch_loader
 
 

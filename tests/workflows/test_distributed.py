@@ -84,7 +84,7 @@ def test_structures_and_analyze_run_distributed_in_particle_order(runs, tmp_path
     command = ["-m", "cryodomain", "analyze", str(single), "-o", str(tmp_path / "analysis"), "--kmeans", "3", "--pcs", "2", "--points", "4"]
     result = run(command, processes=2)
     assert result.stdout.count("Analysis written to") == 1
-    from cryodomain.workflows.train import latent_means, load_run
+    from cryodomain.workflows.trained_run import TrainedRun
 
-    model, state, data = load_run(single)
-    np.testing.assert_allclose(np.load(tmp_path / "analysis" / "z.npy"), latent_means(model, data, state, progress=False), atol=1e-5)
+    trained = TrainedRun.load(single)
+    np.testing.assert_allclose(np.load(tmp_path / "analysis" / "z.npy"), trained.latent_means(progress=False), atol=1e-5)

@@ -13,7 +13,8 @@ from cryodomain.workflows.config import load_config
 from cryodomain.workflows.evaluate import per_image_rmsd
 from cryodomain.workflows.simulate import SimulationSettings, simulate
 from cryodomain.workflows.structures import write_coordinates
-from cryodomain.workflows.train import latent_means, load_run, train
+from cryodomain.workflows.train import train
+from cryodomain.workflows.trained_run import TrainedRun
 
 
 def test_training_recovers_the_domain_motion_and_segments_the_domain(tmp_path):
@@ -23,8 +24,9 @@ def test_training_recovers_the_domain_motion_and_segments_the_domain(tmp_path):
     config = load_config(DEMO_CONFIG, {"optim.seed": 1, "optim.epochs": 20})
     train(written["star"], STATE_A, tmp_path / "run", config, progress=False)
 
-    model, state, data = load_run(tmp_path / "run")
-    z = latent_means(model, data, state, progress=False)
+    run = TrainedRun.load(tmp_path / "run")
+    model, data = run.model, run.data
+    z = run.latent_means(progress=False)
     predicted = write_coordinates(tmp_path / "coords.npy", model, z, progress=False)
     truth = np.load(written["truth"])
     conformation = truth["conformation"]

@@ -10,18 +10,11 @@ from cryodomain.examples import STATE_A
 from cryodomain.model.losses import clash_pairs_light
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.data import batch_loader
-from cryodomain.workflows.train import (
-    betas_at,
-    build_context,
-    build_model,
-    build_optimizer,
-    compute_losses,
-    latent_means,
-    load_run,
-    load_training_data,
-    set_l2_weight,
-    train,
-)
+from cryodomain.workflows.inputs import build_model, load_training_data
+from cryodomain.workflows.objective import betas_at, build_context, compute_losses
+from cryodomain.workflows.optimization import build_optimizer, set_l2_weight
+from cryodomain.workflows.train import train
+from cryodomain.workflows.trained_run import TrainedRun
 
 
 def run(tmp_path, simulation, overrides, name="run", **kwargs):
@@ -61,10 +54,11 @@ def test_same_seed_same_bits_and_resume_continues_exactly(tmp_path, tiny_simulat
 
 def test_latent_means_are_in_particle_order(tmp_path, tiny_simulation, tiny_config_overrides):
     run_dir = run(tmp_path, tiny_simulation, tiny_config_overrides)
-    model, state, data = load_run(run_dir)
-    z = latent_means(model, data, state, batch_size=5, progress=False)
+    trained = TrainedRun.load(run_dir)
+    model, data = trained.model, trained.data
+    z = trained.latent_means(batch_size=5, progress=False)
     assert z.shape == (48, 2)
-    single = latent_means(model, data, state, batch_size=48, progress=False)
+    single = trained.latent_means(batch_size=48, progress=False)
     np.testing.assert_allclose(z, single, rtol=1e-5, atol=1e-6)
 
 
@@ -90,9 +84,10 @@ def test_parts_move_only_their_residues(tmp_path, tiny_simulation, tiny_config_o
         "loss.clash_mode": "full",
     }
     run_dir = run(tmp_path, tiny_simulation, overrides)
-    model, state, data = load_run(run_dir)
+    trained = TrainedRun.load(run_dir)
+    model, data = trained.model, trained.data
     assert model.segmentation.n_segments == 5
-    z = latent_means(model, data, state, progress=False)
+    z = trained.latent_means(progress=False)
     with torch.no_grad():
         deformation = model.decode(torch.as_tensor(z[:8]) * 5.0, sample_segmentation=False)
     dna = data.structure.chain_ids != "A"
@@ -106,8 +101,9 @@ def test_parts_move_only_their_residues(tmp_path, tiny_simulation, tiny_config_o
 
 def test_non_amortised_latents_train(tmp_path, tiny_simulation, tiny_config_overrides):
     run_dir = run(tmp_path, tiny_simulation, {**tiny_config_overrides, "model.amortized": False})
-    model, state, data = load_run(run_dir)
-    z = latent_means(model, data, state, progress=False)
+    trained = TrainedRun.load(run_dir)
+    model, data = trained.model, trained.data
+    z = trained.latent_means(progress=False)
     # One free latent per image, moved away from its zero start by training.
     assert z.shape == (48, 2) and np.abs(z).max() > 0
 
@@ -152,8 +148,8 @@ def test_full_clash_switches_to_neighbour_pairs_above_the_threshold(tiny_simulat
     n = data.structure.n_residues
     all_pairs_context = build_context(model, data, config, 1.0, torch.device("cpu"))
     assert all_pairs_context.clash_pairs.shape[0] == (n - 1) * (n - 2) // 2
-    monkeypatch.setattr("cryodomain.workflows.train.FULL_CLASH_MAX_RESIDUES", n - 1)
-    with caplog.at_level("INFO", logger="cryodomain.workflows.train"):
+    monkeypatch.setattr("cryodomain.workflows.objective.FULL_CLASH_MAX_RESIDUES", n - 1)
+    with caplog.at_level("INFO", logger="cryodomain.workflows.objective"):
         context = build_context(model, data, config, 1.0, torch.device("cpu"))
     torch.testing.assert_close(context.clash_pairs, clash_pairs_light(model.base_coords))
     assert context.clash_pairs.shape[0] < n * 20

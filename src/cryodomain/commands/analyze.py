@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryodomain.workflows.analyze import AnalysisOutputs, AnalysisSettings, analyze_run
 from cryodomain.workflows.distributed import start, stop
-from cryodomain.workflows.train import resolve_device
+from cryodomain.workflows.distributed import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import torch
 
 from cryodomain.errors import input_error
 from cryodomain.io.structure import write_structure
-from cryodomain.workflows.distributed import Workers, start, stop
+from cryodomain.workflows.distributed import Workers, resolve_device, start, stop
 from cryodomain.workflows.structures import write_coordinates
-from cryodomain.workflows.train import latent_means, load_run, resolve_device
+from cryodomain.workflows.trained_run import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +72,17 @@ def main(args: argparse.Namespace) -> None:
 def _structures(args: argparse.Namespace, device, workers: Workers) -> None:
     if workers.distributed and device.type == "cuda":
         device = torch.device("cuda", workers.local_rank)
-    model, state, data = load_run(args.run, args.checkpoint, device)
+    run = TrainedRun.load(args.run, args.checkpoint, device)
+    data = run.data
     out = Path(args.outdir)
-    latent_dim = state["config"]["model"]["latent_dim"]
     if args.z is not None:
-        z = read_latents(args.z, latent_dim)
+        z = read_latents(args.z, run.config.model.latent_dim)
     else:
-        z = latent_means(model, data, state, workers=workers)
+        z = run.latent_means(workers=workers)
         if args.indices is not None:
             z = z[read_indices(args.indices, len(z))]
     atoms_of = data.structure if args.full_atom else None
-    coords = write_coordinates(out / "coords.npy", model, z, atoms_of=atoms_of, workers=workers)
+    coords = write_coordinates(out / "coords.npy", run.model, z, atoms_of=atoms_of, workers=workers)
     if not workers.is_main:
         return
     log.info("wrote %s %s", out / "coords.npy", tuple(coords.shape))

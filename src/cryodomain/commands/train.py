@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import sys
 from pathlib import Path
@@ -25,18 +24,12 @@ from pathlib import Path
 from cryodomain.workflows.config import RunConfig, load_config
 from cryodomain.workflows.distributed import (
     Workers,
-    barrier,
     launched_by_torchrun,
+    resolve_device,
     start,
     stop,
 )
-from cryodomain.workflows.train import (
-    check_run_dir,
-    clear_run,
-    load_training_data,
-    resolve_device,
-    train,
-)
+from cryodomain.workflows.train import train
 
 log = logging.getLogger(__name__)
 
@@ -108,44 +101,14 @@ def _train(args: argparse.Namespace, run_dir: Path, config, workers: Workers) ->
     if not workers.is_main:
         # One log for the run: the other processes report only problems.
         logging.getLogger().setLevel(logging.WARNING)
-    # Every process checks the same inputs before anything is written, so a bad input stops all
-    # of them alike (none waits for another that has failed).
-    check_run_dir(run_dir, resume=args.resume, force=args.force)
-
-    # The preflight reads and checks every input before anything is written: bad input leaves no
-    # run folder behind (and --force deletes nothing). Its report is kept for train.log.
-    root = logging.getLogger()
-    preflight_log = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
-    root.addHandler(preflight_log)
-    try:
-        data = load_training_data(args.particles, args.structure, config, args.downsample)
-    finally:
-        root.removeHandler(preflight_log)
-
-    barrier(workers)
-    handler: logging.Handler = logging.NullHandler()
-    if workers.is_main:
-        if args.force and not args.resume:
-            clear_run(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(run_dir / "train.log", mode="a" if args.resume else "w")
-        handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%Y-%m-%d %H:%M:%S"))
-    preflight_log.setTarget(handler)
-    preflight_log.close()
-    root.addHandler(handler)
-    barrier(workers)
-    try:
-        checkpoint = train(
-            args.particles,
-            args.structure,
-            run_dir,
-            config,
-            resume=args.resume,
-            downsample_box=args.downsample,
-            data=data,
-            workers=workers,
-        )
-    finally:
-        root.removeHandler(handler)
-        handler.close()
+    checkpoint = train(
+        args.particles,
+        args.structure,
+        run_dir,
+        config,
+        resume=args.resume,
+        force=args.force,
+        downsample_box=args.downsample,
+        workers=workers,
+    )
     log.info("done: %s", checkpoint)

@@ -1,4 +1,7 @@
-"""Per-particle metadata (images, poses, CTF, optics) read from RELION ``.star`` or cryoSPARC ``.cs``.
+"""The per-particle metadata table (images, poses, CTF, optics) and helpers shared by its readers.
+
+The readers live in :mod:`cryodomain.io.star` and :mod:`cryodomain.io.cryosparc`;
+:func:`cryodomain.io.metadata.read_particles` picks one by file type. This module imports none.
 
 Everything is stored in cryodomain's conventions (see :mod:`cryodomain.io.poses`): rotation
 matrices ``A`` (model -> view), shifts in Å with RELION's ``rlnOriginX/YAngst`` sign, angles in
@@ -133,30 +136,6 @@ def check_particle_values(table: ParticleTable, columns: dict[str, str]) -> None
     contrast = table.amplitude_contrast
     refuse("amplitude_contrast", ~np.isfinite(contrast) | (contrast < 0) | (contrast >= 1), "amplitude contrast must be a fraction in [0, 1)", "use e.g. 0.1")
     refuse("spherical_aberration_mm", table.spherical_aberration_mm < 0, "spherical aberration must be >= 0 mm", "give Cs in mm (e.g. 2.7)")
-
-
-def read_particles(path: str | Path, datadir: str | Path | None = None) -> ParticleTable:
-    """Read particle metadata from a RELION ``.star`` or cryoSPARC ``.cs`` file.
-
-    Args:
-        path: the metadata file; its extension picks the reader.
-        datadir: optional folder holding the image stacks (cryoDRGN's ``--datadir``).
-
-    Returns:
-        The :class:`ParticleTable`.
-    """
-    # Imported here because both readers import ParticleTable from this module.
-    from cryodomain.io.cryosparc import read_cryosparc
-    from cryodomain.io.star import read_star
-
-    suffix = Path(path).suffix.lower()
-    if Path(path).is_dir():
-        raise input_error(path, None, "is a folder, not a particle file", "give a RELION .star or a cryoSPARC .cs file")
-    if suffix == ".star":
-        return read_star(path, datadir=datadir)
-    if suffix == ".cs":
-        return read_cryosparc(path, datadir=datadir)
-    raise input_error(path, None, f"unknown particle file type {suffix or '(no extension)'!r}", "give a RELION .star or a cryoSPARC .cs file")
 
 
 def resolve_stack_paths(

@@ -1,8 +1,8 @@
 """The cryoSPHERE model: encoder, decoder and segmentation around a base structure.
 
 ``CryoSphere`` holds the learnable pieces and the base structure; image formation (pose, projection,
-CTF) stays in :mod:`cryodomain.physics` and the loss in :mod:`cryodomain.model.losses`, composed by
-the training workflow.
+CTF) stays in :mod:`cryodomain.physics.imaging` and the loss terms in :mod:`cryodomain.model.losses`,
+composed by :mod:`cryodomain.workflows.objective`.
 """
 
 from __future__ import annotations
@@ -98,8 +98,10 @@ class CryoSphere(nn.Module):
         latent_noise: Tensor | None = None,
         segmentation_noise: Tensor | None = None,
         autocast: bool = False,
+        *,
+        sample: bool = True,
     ) -> tuple[Tensor, Tensor, Deformation]:
-        """One training pass: encode, sample the latent and the segmentation, decode.
+        """One pass: encode, sample the latent and the segmentation (unless not ``sample``), decode.
 
         The single entry point of training, so that DistributedDataParallel sees every parameter
         used in one forward call.
@@ -110,6 +112,8 @@ class CryoSphere(nn.Module):
             latent_noise: ``(B, D)`` standard normal draws for the latent sample (drawn if None).
             segmentation_noise: ``(3, B, K)`` standard normal draws for the segmentation.
             autocast: bfloat16 for the encoder and decoder MLPs on CUDA.
+            sample: draw the latent and the segmentation (training); else decode the latent mean
+                with the segmentation means (analysis).
 
         Returns:
             latent mean ``(B, D)``, latent std ``(B, D)`` and the deformation.
@@ -117,6 +121,8 @@ class CryoSphere(nn.Module):
         with torch.autocast(encoder_input.device.type, dtype=torch.bfloat16, enabled=autocast):
             mean, std = self.encode(encoder_input, indices)
         mean, std = mean.float(), std.float()
+        if not sample:
+            return mean, std, self.decode(mean, sample_segmentation=False, autocast=autocast)
         z = sample_latent(mean, std, latent_noise)
         return mean, std, self.decode(z, segmentation_noise=segmentation_noise, autocast=autocast)
 

@@ -12,39 +12,31 @@ fractional) epoch so that it can be updated at every optimisation step:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
-SCHEDULE_KINDS = ("constant", "linear", "cyclical")
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 
-@dataclass(frozen=True)
-class BetaSchedule:
-    """The weight of one loss term as a function of the epoch.
+class BetaSchedule(BaseModel):
+    """The weight of one loss term as a function of the epoch; validated when made (and when read
+    from a configuration, whose ``loss`` section holds one per term).
 
     Attributes:
         kind: ``"constant"``, ``"linear"`` or ``"cyclical"``.
-        value: the plateau value of the weight.
-        ramp_epochs: linear only: number of epochs of the ramp ``M`` (``None``: half of the epochs).
+        value: the plateau value of the weight, >= 0.
+        ramp_epochs: linear only: number of epochs of the ramp ``M`` (``None``: half of the epochs;
+            0: the plateau from the start).
         n_cycles: cyclical only: number of cycles ``M`` over the whole run.
-        ramp_fraction: cyclical only: fraction ``R`` of each cycle spent ramping up from 0.
+        ramp_fraction: cyclical only: fraction ``R`` of each cycle spent ramping up from 0, in (0, 1].
     """
 
-    kind: Literal["constant", "linear", "cyclical"]
-    value: float
-    ramp_epochs: int | None = None
-    n_cycles: int = 5
-    ramp_fraction: float = 0.5
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        if self.kind not in SCHEDULE_KINDS:
-            raise ValueError(f"schedule kind must be one of {SCHEDULE_KINDS}, got {self.kind!r}")
-        if self.ramp_epochs is not None and self.ramp_epochs < 0:
-            raise ValueError(f"ramp_epochs must be >= 0, got {self.ramp_epochs}")
-        if self.n_cycles < 1:
-            raise ValueError(f"n_cycles must be >= 1, got {self.n_cycles}")
-        if not 0.0 <= self.ramp_fraction <= 1.0:
-            raise ValueError(f"ramp_fraction must lie in [0, 1], got {self.ramp_fraction}")
+    kind: Literal["constant", "linear", "cyclical"] = "constant"
+    value: float = Field(ge=0.0)
+    ramp_epochs: NonNegativeInt | None = None
+    n_cycles: PositiveInt = 5
+    ramp_fraction: float = Field(0.5, gt=0.0, le=1.0)
 
     def __call__(self, epoch: float, total_epochs: int) -> float:
         """The weight at ``epoch``.
@@ -64,7 +56,7 @@ class BetaSchedule:
             # A zero-length ramp means the plateau from the start.
             return float(self.value) if ramp <= 0 else float(self.value * min(epoch / ramp, 1.0))
         period = total_epochs / self.n_cycles
-        if period <= 0 or self.ramp_fraction == 0.0:
+        if period <= 0:
             return float(self.value)
         phase = math.fmod(epoch, period) / period
         return float(self.value * min(phase / self.ramp_fraction, 1.0))

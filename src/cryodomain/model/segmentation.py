@@ -35,6 +35,11 @@ from torch.nn import functional as F
 from cryodomain.errors import input_error
 from cryodomain.model.losses import gaussian_kl
 
+# Default stds of the segmentation's start values and prior (residue-index units; logits for the
+# proportions), stated once: the configuration and the uniform prior use these.
+DEFAULT_CENTRE_STD = 10.0
+DEFAULT_WIDTH_STD = 10.0
+DEFAULT_PROPORTION_STD = 1.0
 # Smallest std of any variational Gaussian (residue-index units for centres and widths).
 STD_FLOOR = 1e-3
 # Smallest sampled width v_k, in residues; far below one residue, where memberships are one-hot anyway.
@@ -98,11 +103,11 @@ class SegmentPart:
     residue_indices: np.ndarray
     n_segments: int
     init_centres: np.ndarray | None = None
-    init_centre_std: float = 10.0
+    init_centre_std: float = DEFAULT_CENTRE_STD
     init_widths: np.ndarray | None = None
-    init_width_std: float = 10.0
+    init_width_std: float = DEFAULT_WIDTH_STD
     init_proportions: np.ndarray | None = None
-    init_proportion_std: float = 1.0
+    init_proportion_std: float = DEFAULT_PROPORTION_STD
     prior_centres: np.ndarray | None = None
     prior_centre_std: float | None = None
     prior_widths: np.ndarray | None = None

@@ -24,30 +24,11 @@ from pydantic import (
 from cryodomain.errors import input_error
 from cryodomain.io.atomic import atomic_output
 from cryodomain.model.schedules import BetaSchedule
+from cryodomain.model.segmentation import DEFAULT_CENTRE_STD, DEFAULT_PROPORTION_STD, DEFAULT_WIDTH_STD
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class Schedule(_Strict):
-    """A loss weight over epochs: constant, linear ramp over ``ramp_epochs`` (default half the
-    epochs) or cyclical (``n_cycles`` cycles, ramping over ``ramp_fraction`` of each)."""
-
-    kind: Literal["constant", "linear", "cyclical"] = "constant"
-    value: float = Field(ge=0.0)
-    ramp_epochs: PositiveInt | None = None
-    n_cycles: PositiveInt = 5
-    ramp_fraction: float = Field(0.5, gt=0.0, le=1.0)
-
-    def build(self) -> BetaSchedule:
-        return BetaSchedule(
-            kind=self.kind,
-            value=self.value,
-            ramp_epochs=self.ramp_epochs,
-            n_cycles=self.n_cycles,
-            ramp_fraction=self.ramp_fraction,
-        )
 
 
 class SegmentValues(_Strict):
@@ -57,11 +38,11 @@ class SegmentValues(_Strict):
     """
 
     centres: list[float] | None = None
-    centre_std: PositiveFloat = 10.0
+    centre_std: PositiveFloat = DEFAULT_CENTRE_STD
     widths: list[PositiveFloat] | None = None
-    width_std: PositiveFloat = 10.0
+    width_std: PositiveFloat = DEFAULT_WIDTH_STD
     proportions: list[float] | None = None
-    proportion_std: PositiveFloat = 1.0
+    proportion_std: PositiveFloat = DEFAULT_PROPORTION_STD
 
 
 class Part(_Strict):
@@ -99,13 +80,13 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    latent_kl: Schedule = Schedule(kind="linear", value=1.0)
-    centres_kl: Schedule = Schedule(kind="linear", value=1.0)
-    widths_kl: Schedule = Schedule(kind="linear", value=1.0)
-    proportions_kl: Schedule = Schedule(kind="cyclical", value=1.0, n_cycles=5, ramp_fraction=0.5)
-    continuity: Schedule = Schedule(kind="constant", value=0.1)
-    clash: Schedule = Schedule(kind="constant", value=0.1)
-    l2: Schedule = Schedule(kind="constant", value=1e-6)
+    latent_kl: BetaSchedule = BetaSchedule(kind="linear", value=1.0)
+    centres_kl: BetaSchedule = BetaSchedule(kind="linear", value=1.0)
+    widths_kl: BetaSchedule = BetaSchedule(kind="linear", value=1.0)
+    proportions_kl: BetaSchedule = BetaSchedule(kind="cyclical", value=1.0, n_cycles=5, ramp_fraction=0.5)
+    continuity: BetaSchedule = BetaSchedule(kind="constant", value=0.1)
+    clash: BetaSchedule = BetaSchedule(kind="constant", value=0.1)
+    l2: BetaSchedule = BetaSchedule(kind="constant", value=1e-6)
     clash_mode: Literal["light", "full", "off"] = "light"
     clash_cutoff_A: PositiveFloat = 4.0
 

@@ -15,7 +15,8 @@ import mrcfile
 import numpy as np
 
 from cryodomain.io.atomic import atomic_output
-from cryodomain.io.particles import ParticleTable, read_particles
+from cryodomain.io.metadata import read_particles
+from cryodomain.io.particles import ParticleTable
 from cryodomain.io.stack import ParticleImages
 from cryodomain.io.star import write_star
 from cryodomain.progress import progress_bar

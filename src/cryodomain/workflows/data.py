@@ -25,13 +25,8 @@ from cryodomain.errors import input_error
 from cryodomain.io.particles import ParticleTable
 from cryodomain.io.stack import ParticleImages
 from cryodomain.physics.ctf import CTFParameters
-from cryodomain.physics.fourier import (
-    fourier_crop,
-    frequency_grid,
-    lowpass_filter,
-    shift_filter,
-)
-from cryodomain.physics.masks import circular_mask
+from cryodomain.physics.fourier import fourier_crop, shift_filter
+from cryodomain.physics.imaging import ImageFrame
 from cryodomain.workflows.distributed import ShardedBatches, Workers
 
 log = logging.getLogger(__name__)
@@ -164,54 +159,38 @@ def batch_loader(
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Preprocessor:
-    """Turns raw images into encoder inputs and loss targets on one device (constants built once)."""
+    """Turns raw images into encoder inputs and loss targets on one device (constants built once).
 
-    box: int
-    pixel_size_A: float
+    Attributes:
+        frame: the detector grid with the run's low-pass and mask (shared with the model's images).
+        scale: the dataset-wide Fourier std the images are divided by (:func:`dataset_scale`).
+        sign: -1 to invert the contrast of the data, else 1.
+    """
+
+    frame: ImageFrame
     scale: float
-    freqs: torch.Tensor  # (N, N // 2 + 1, 2) 1/Å, the rfft2 half grid
-    mask: torch.Tensor | None  # (N, N)
-    lowpass: torch.Tensor | None  # (N, N // 2 + 1)
-    sign: float  # -1 to invert the contrast of the data
-
-    @classmethod
-    def build(
-        cls,
-        box: int,
-        pixel_size_A: float,
-        scale: float,
-        *,
-        lowpass_A: float | None,
-        mask_radius_fraction: float | None,
-        invert_contrast: bool,
-        device: torch.device | str = "cpu",
-    ) -> Preprocessor:
-        freqs = frequency_grid(box, pixel_size_A, half=True, device=device)
-        mask = None
-        if mask_radius_fraction is not None:
-            mask = circular_mask(box, radius_px=mask_radius_fraction * box / 2, soft_edge_px=3.0, device=device)
-        lowpass = lowpass_filter(freqs, lowpass_A) if lowpass_A is not None else None
-        return cls(box, pixel_size_A, scale, freqs, mask, lowpass, -1.0 if invert_contrast else 1.0)
+    sign: float
 
     def __call__(self, images: torch.Tensor, shifts_A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ``(B, N, N)`` images and shifts ``(B, 2)`` Å -> (encoder input, target), both ``(B, N, N)``.
 
         The low-pass filter, when set, applies to both: the encoder then sees less noise.
         """
+        lowpass, mask = self.frame.lowpass, self.frame.mask
         images = images * (self.sign / self.scale)
         spectrum = torch.fft.rfft2(images)
         size = images.shape[-2:]
         # Translate by +shift: RELION's origin puts the particle at -shift.
-        target_filter = shift_filter(shifts_A, self.freqs)
-        if self.lowpass is not None:
-            target_filter = target_filter * self.lowpass
-            images = torch.fft.irfft2(spectrum * self.lowpass, s=size)
+        target_filter = shift_filter(shifts_A, self.frame.freqs)
+        if lowpass is not None:
+            target_filter = target_filter * lowpass
+            images = torch.fft.irfft2(spectrum * lowpass, s=size)
         target = torch.fft.irfft2(spectrum * target_filter, s=size)
-        if self.mask is not None:
-            images = images * self.mask
-            target = target * self.mask
+        if mask is not None:
+            images = images * mask
+            target = target * mask
         return images, target
 
 

@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from cryodomain.errors import input_error
+
 
 @dataclass(frozen=True)
 class Workers:
@@ -36,6 +38,15 @@ class Workers:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device named ``auto`` (CUDA when available), ``cpu`` or ``cuda``; InputError for CUDA without one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise input_error(None, "--device", "cuda was requested but no CUDA device is available", "use --device cpu or auto")
+    return torch.device(name)
 
 
 def launched_by_torchrun() -> bool:

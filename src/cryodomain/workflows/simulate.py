@@ -1,6 +1,6 @@
 """Simulate particle images of one or more conformations, as RELION would have extracted them.
 
-Image formation (the same forward model as training, see METHOD.md):
+Image formation (:func:`cryodomain.physics.imaging.form_images`, the forward model of training):
 rotate by the pose -> project Gaussians along z -> multiply by the CTF (RELION sign: protein is
 white, as in particles extracted with contrast inversion) -> translate the particle to ``-shift``
 (RELION's rlnOriginX/YAngst convention) -> add white Gaussian noise at the requested SNR.
@@ -24,16 +24,7 @@ from cryodomain.io.stack import write_stack
 from cryodomain.io.star import write_star
 from cryodomain.io.structure import AtomicModel, read_all_models
 from cryodomain.physics.ctf import compute_ctf
-from cryodomain.physics.fourier import (
-    apply_fourier_filter,
-    frequency_grid,
-    shift_filter,
-)
-from cryodomain.physics.render import (
-    pixel_coordinates,
-    project_gaussians,
-    rotate_points,
-)
+from cryodomain.physics.imaging import ImageFrame, form_images
 from cryodomain.physics.rotations import random_rotations
 from cryodomain.plots import particle_grid
 from cryodomain.progress import progress_bar
@@ -183,23 +174,19 @@ def render_particles(
     conformations: Sequence[AtomicModel], conformation: np.ndarray, table: ParticleTable, settings: SimulationSettings
 ) -> np.ndarray:
     """Noise-free particle images ``(N, box, box)`` float32 for the poses and CTFs of ``table``."""
-    box, apix = settings.box, settings.pixel_size_A
-    grid = pixel_coordinates(box, apix, dtype=torch.float64)
-    freqs = frequency_grid(box, apix, half=True, dtype=torch.float64)
-    points_per_conformation = [torch.as_tensor(p) for p in (_render_points(m, settings.atoms)[0] for m in conformations)]
-    amplitudes_per_conformation = [torch.as_tensor(_render_points(m, settings.atoms)[1]) for m in conformations]
+    frame = ImageFrame.build(settings.box, settings.pixel_size_A, dtype=torch.float64)
+    points = [torch.as_tensor(_render_points(model, settings.atoms)[0]) for model in conformations]
+    amplitudes = [torch.as_tensor(_render_points(model, settings.atoms)[1]) for model in conformations]
     n = len(table)
-    images = np.empty((n, box, box), dtype=np.float32)
+    images = np.empty((n, settings.box, settings.box), dtype=np.float32)
     for start in progress_bar(range(0, n, settings.batch_size), "simulate"):
         stop = min(start + settings.batch_size, n)
         rotations = torch.as_tensor(table.rotations[start:stop])
-        batch = torch.empty((stop - start, box, box), dtype=torch.float64)
+        ctf = compute_ctf(frame.freqs, ctf_parameters(table, slice(start, stop), dtype=torch.float64))
+        # The particle centre sits at -shift (RELION origin convention): translate by -shift.
+        shifts = -torch.as_tensor(table.shifts_A[start:stop])
         for c in np.unique(conformation[start:stop]):
             rows = np.flatnonzero(conformation[start:stop] == c)
-            view = rotate_points(rotations[rows], points_per_conformation[c])
-            batch[rows] = project_gaussians(view, amplitudes_per_conformation[c], settings.sigma_A, grid)
-        ctf = compute_ctf(freqs, ctf_parameters(table, slice(start, stop), dtype=torch.float64))
-        # The particle centre sits at -shift (RELION origin convention): translate by -shift.
-        shift = shift_filter(-torch.as_tensor(table.shifts_A[start:stop]), freqs)
-        images[start:stop] = apply_fourier_filter(batch, ctf * shift).numpy()
+            formed = form_images(points[c], amplitudes[c], rotations[rows], settings.sigma_A, frame, ctf[rows], shifts[rows])
+            images[start + rows] = formed.numpy()
     return images

@@ -1,0 +1,92 @@
+"""A trained run, loaded once, typed: what ``structures``, ``analyze`` and ``evaluate`` work from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryodomain.errors import input_error
+from cryodomain.model.cryosphere import CryoSphere
+from cryodomain.progress import progress_bar
+from cryodomain.workflows.config import RunConfig
+from cryodomain.workflows.distributed import Workers, gather_in_order, share
+from cryodomain.workflows.inputs import TrainingData, build_model, load_training_data
+from cryodomain.workflows.objective import StepContext, build_context
+from cryodomain.workflows.run_folder import load_checkpoint
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A run's model at one checkpoint, with the configuration, inputs and data scale it was trained with.
+
+    Attributes:
+        run_dir: the run folder.
+        checkpoint: the checkpoint loaded.
+        model: the model in eval mode, on the device it was loaded to.
+        config: the run's validated configuration.
+        data: the run's inputs, read and checked again.
+        scale: the dataset-wide image scale of training.
+        epoch: completed epochs at that checkpoint.
+    """
+
+    run_dir: Path
+    checkpoint: Path
+    model: CryoSphere
+    config: RunConfig
+    data: TrainingData
+    scale: float
+    epoch: int
+
+    @classmethod
+    def load(cls, run_dir: str | Path, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> TrainedRun:
+        """Rebuild a trained model, its configuration and its data from a run folder.
+
+        Args:
+            run_dir: the run folder.
+            checkpoint: a checkpoint of it (default ``last.pt``).
+            device: where the model goes.
+
+        Raises:
+            InputError: no checkpoint, an unreadable one, or inputs that no longer check out.
+        """
+        run_dir = Path(run_dir)
+        path = Path(checkpoint) if checkpoint is not None else run_dir / "last.pt"
+        if not path.exists():
+            raise input_error(path, None, "no checkpoint found", "train first, or pass --checkpoint")
+        state = load_checkpoint(path, device)
+        config = RunConfig.model_validate(state["config"])
+        data = load_training_data(state["particles"], state["structure"], config, state.get("downsample_box"))
+        model = build_model(data, config).to(device)
+        model.load_state_dict(state["model"])
+        model.eval()
+        return cls(run_dir, path, model, config, data, float(state["scale"]), int(state["epoch"]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.base_coords.device
+
+    @cached_property
+    def context(self) -> StepContext:
+        """The forward model's constants as in training (image frame, low-pass, mask, scale)."""
+        return build_context(self.model, self.data, self.config, self.scale, self.device)
+
+    def latent_means(self, batch_size: int = 256, progress: bool = True, workers: Workers = Workers()) -> np.ndarray:
+        """Latent mean of every image, in particle order: ``(N, D)`` float32.
+
+        With several processes (torchrun), each encodes a contiguous share of the particles and
+        every process gets the whole array back, in particle order.
+        """
+        mine = share(len(self.data.table), workers)
+        out = np.empty((mine.stop - mine.start, self.config.model.latent_dim), dtype=np.float32)
+        starts = range(mine.start, mine.stop, batch_size)
+        with torch.no_grad():
+            for start in progress_bar(starts, "latents", enabled=progress and workers.is_main):
+                batch = self.data.dataset[list(range(start, min(start + batch_size, mine.stop)))]
+                encoder_input, _ = self.context.preprocess(batch["images"].to(self.device), batch["shifts_A"].to(self.device))
+                mean, _ = self.model.encode(encoder_input, batch["index"].to(self.device))
+                out[start - mine.start : start - mine.start + len(mean)] = mean.cpu().numpy()
+        return gather_in_order(out, workers)
