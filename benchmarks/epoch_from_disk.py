@@ -35,17 +35,11 @@ import torch
 
 from cryodomain.allocator import keep_freed_memory
 from cryodomain.workflows.config import RunConfig
-from cryodomain.workflows.data import batch_loader, check_pixels, dataset_scale
-from cryodomain.workflows.train import (
-    betas_at,
-    build_context,
-    build_model,
-    build_optimizer,
-    compute_losses,
-    load_training_data,
-    set_l2_weight,
-    train,
-)
+from cryodomain.workflows.data import batch_loader, dataset_scale
+from cryodomain.workflows.inputs import load_training_data
+from cryodomain.workflows.objective import betas_at
+from cryodomain.workflows.optimization import set_l2_weight
+from cryodomain.workflows.train import Trainer, train, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "src" / "cryodomain" / "data" / "example_state_a.pdb"
@@ -71,22 +65,14 @@ def steps_in_memory(star: Path, config: RunConfig) -> float:
     """Seconds of the same steps on the epoch's batches read into memory first."""
     torch.manual_seed(config.optim.seed)
     data = load_training_data(star, EXAMPLE, config)
-    device = torch.device("cpu")
-    model = build_model(data, config).to(device)
-    optimizer = build_optimizer(model, config)
     scale = dataset_scale(data.dataset, config.data.normalization_sample, config.optim.seed)
-    context = build_context(model, data, config, scale, device)
+    trainer = Trainer.build(data, config, scale, torch.device("cpu"))
     betas = betas_at(config, 0)
-    set_l2_weight(optimizer, betas["l2"])  # as train() does
+    set_l2_weight(trainer.optimizer, betas["l2"])  # as train_epoch() does
     batches = list(batch_loader(data.dataset, config.optim.batch_size, shuffle=True, seed=config.optim.seed, epoch=0))
     start = time.perf_counter()
-    for batch in batches:
-        check_pixels(batch, data.table)
-        terms = compute_losses(model, batch, data.table, context, betas, l2_gradient=False)
-        torch.stack([terms[name].detach() for name in terms]).tolist()
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        optimizer.step()
+    for step, batch in enumerate(batches):
+        train_step(trainer, batch, 0, step, betas)
     return time.perf_counter() - start
 
 

@@ -41,20 +41,14 @@ import torch
 from cryodomain.allocator import keep_freed_memory
 from cryodomain.io.particles import ParticleTable
 from cryodomain.io.structure import AtomicModel, read_atomic_model
-from cryodomain.workflows.config import RunConfig
-from cryodomain.workflows.train import (
-    LOSS_TERMS,
-    TrainingData,
-    betas_at,
-    build_context,
-    build_model,
-    build_optimizer,
-    compute_losses,
-    render,
-    set_l2_weight,
-)
 from cryodomain.physics.ctf import compute_ctf
-from cryodomain.workflows.data import check_pixels, ctf_parameters
+from cryodomain.physics.imaging import form_images
+from cryodomain.workflows.config import RunConfig
+from cryodomain.workflows.data import ctf_parameters
+from cryodomain.workflows.inputs import TrainingData
+from cryodomain.workflows.objective import LOGGED_VALUES, betas_at, compute_losses
+from cryodomain.workflows.optimization import set_l2_weight
+from cryodomain.workflows.train import Trainer, train_step
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +157,8 @@ def rss_peak_mb() -> float:
 
 
 class OurStep:
-    """Model, optimizer and context built as ``train()`` builds them; one step as its loop runs it."""
+    """Model, optimizer and context built as ``train()`` builds them (:class:`Trainer`); one step is
+    :func:`train_step`, the loop's own."""
 
     def __init__(self, structure: AtomicModel, inputs: dict, segments: int, clash: str, device: torch.device) -> None:
         self.table = particle_table(inputs)
@@ -172,11 +167,10 @@ class OurStep:
             {"model": {"n_segments": segments}, "loss": {"clash_mode": clash}, "optim": {"batch_size": len(self.table), "device": device.type}}
         )
         data = TrainingData(self.table, structure, box, float(inputs["pixel_size_A"]), dataset=None)
-        self.model = build_model(data, self.config).to(device)
-        self.optimizer = build_optimizer(self.model, self.config)
-        self.context = build_context(self.model, data, self.config, 1.0, device)
+        self.trainer = Trainer.build(data, self.config, 1.0, device)
+        self.model, self.optimizer, self.context = self.trainer.model, self.trainer.optimizer, self.trainer.context
         self.betas = betas_at(self.config, BENCH_EPOCH)
-        set_l2_weight(self.optimizer, self.betas["l2"])  # as train() does
+        set_l2_weight(self.optimizer, self.betas["l2"])  # as train_epoch() does
         images = torch.as_tensor(inputs["images"])
         low, high = torch.aminmax(images.flatten(start_dim=1), dim=1)
         self.batch = {
@@ -189,15 +183,10 @@ class OurStep:
         self.device = device
 
     def step(self) -> float:
-        check_pixels(self.batch, self.table)
-        terms = compute_losses(self.model, self.batch, self.table, self.context, self.betas, l2_gradient=False)
-        values = torch.stack([terms[name].detach().float() for name in LOSS_TERMS]).tolist()
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        self.optimizer.step()
+        values, _, _ = train_step(self.trainer, self.batch, BENCH_EPOCH, 0, self.betas)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return values[0]
+        return values[LOGGED_VALUES[0]]
 
     def check_state(self, path: str, seed: int = 1234) -> dict[str, float]:
         """Loss terms on the inputs with fixed random draws; writes weights and draws to ``path``.
@@ -222,9 +211,9 @@ class OurStep:
                 raw.mul_(1.5)
             # Images of the base structure plus noise (SNR 1), so that the correlation is far from 0.
             n = len(self.table)
-            ctf = compute_ctf(self.context.preprocess.freqs, ctf_parameters(self.table, np.arange(n)))
+            ctf = compute_ctf(self.context.frame.freqs, ctf_parameters(self.table, np.arange(n)))
             base = self.model.base_coords.expand(n, -1, -1)
-            clean = render(base, self.model.amplitudes, self.batch["rotations"], ctf, self.context)
+            clean = form_images(base, self.model.amplitudes, self.batch["rotations"], self.context.sigma_A, self.context.frame, ctf)
             generator = torch.Generator().manual_seed(seed)
             images = clean + clean.std() * torch.randn(clean.shape, generator=generator)
             self.batch["images"] = images

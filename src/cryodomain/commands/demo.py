@@ -12,11 +12,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from cryodomain.commands.analyze import describe
+from cryodomain.commands.evaluate import describe as describe_evaluation
 from cryodomain.examples import DEMO_CONFIG, STATE_A, example_structures
 from cryodomain.workflows.analyze import AnalysisSettings, analyze_run
 from cryodomain.workflows.config import load_config
@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> None:
     summary = evaluate_run(run_dir, written["truth"], run_dir / "evaluation")
     log.info("4/4 analysing the run")
     analysis = analyze_run(run_dir, out / "analysis", AnalysisSettings(n_pcs=2, n_clusters=4))
-    print(json.dumps(summary, indent=2))
+    print(describe_evaluation(summary, run_dir / "evaluation"))
     print(f"Simulated particles:  {written['particles']} (picture: {written['picture']})")
     print(f"Trained run:          {run_dir} (metrics.csv, config.yaml, checkpoints/)")
     print(f"Structures and RMSD:  {run_dir / 'evaluation'} (coords.npy, rmsd.csv, summary.json)")
