@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 DEMO_DIR ?= demo_output
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast lint install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q
+
+# The fast loop: everything but the learning and multi-process tests.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+# ruff: pyflakes, import order, formatting (settings in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: install
 	$(VENV)/bin/cryodomain demo -o $(DEMO_DIR)

@@ -48,8 +48,21 @@ EXAMPLE = REPO / "src" / "cryodomain" / "data" / "example_state_a.pdb"
 def simulate(out_dir: Path, n_images: int, box: int, apix: float) -> Path:
     """A stack of ``n_images`` particles of the bundled example on disk; returns the star file."""
     command = [
-        str(Path(sys.executable).with_name("cryodomain")), "simulate", str(EXAMPLE), "-o", str(out_dir),
-        "--n-images", str(n_images), "--box", str(box), "--apix", str(apix), "--snr", "0.1", "--seed", "0",
+        str(Path(sys.executable).with_name("cryodomain")),
+        "simulate",
+        str(EXAMPLE),
+        "-o",
+        str(out_dir),
+        "--n-images",
+        str(n_images),
+        "--box",
+        str(box),
+        "--apix",
+        str(apix),
+        "--snr",
+        "0.1",
+        "--seed",
+        "0",
     ]
     subprocess.run(command, check=True, capture_output=True)
     return out_dir / "particles.star"
@@ -96,9 +109,17 @@ def main() -> None:
         }
     )
     result = {
-        "machine": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join(sys.argv), "load_before": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-        "n_images": args.n_images, "box": args.box, "batch": args.batch, "segments": args.segments, "num_workers": args.num_workers,
+        "machine": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv),
+        "load_before": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "n_images": args.n_images,
+        "box": args.box,
+        "batch": args.batch,
+        "segments": args.segments,
+        "num_workers": args.num_workers,
     }
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -108,7 +129,10 @@ def main() -> None:
             epochs.append(epoch_from_disk(star, tmp / f"run{repeat}", config))
             steps.append(steps_in_memory(star, config))
     result.update(
-        epoch_s=epochs, steps_only_s=steps, epoch_median_s=float(np.median(epochs)), steps_only_median_s=float(np.median(steps)),
+        epoch_s=epochs,
+        steps_only_s=steps,
+        epoch_median_s=float(np.median(epochs)),
+        steps_only_median_s=float(np.median(steps)),
         ratio_epoch_over_steps=float(np.median(epochs) / np.median(steps)),
         load_after=" ".join(f"{v:.2f}" for v in os.getloadavg()),
     )

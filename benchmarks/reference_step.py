@@ -100,9 +100,7 @@ class ReferenceStep:
         encoder = MLP(box * box, LATENT_DIM * 2, ENCODER_HIDDEN, network_type="encoder", device=device)
         decoder = MLP(LATENT_DIM, n_segments * 6, DECODER_HIDDEN, network_type="decoder", device=device)
         self.vae = VAE(encoder, decoder, device, self.segmentation_config, latent_dim=LATENT_DIM, N_images=batch, amortized=True)
-        self.segmenter = Segmentation(
-            self.segmentation_config, np.arange(n_residues), inputs["chain_index"], device=device, tau_segmentation=0.05
-        )
+        self.segmenter = Segmentation(self.segmentation_config, np.arange(n_residues), inputs["chain_index"], device=device, tau_segmentation=0.05)
         self.grid = EMAN2Grid(box, apix, device=device)
         self.gmm = Gaussian(
             torch.as_tensor(coords),
@@ -174,10 +172,33 @@ class ReferenceStep:
 
     def step(self) -> float:
         predicted, target, latent_mean, latent_std, structures = self.forward()
-        tracking = {k: [] for k in ("correlation_loss", "kl_prior_latent", "kl_prior_segmentation_mean", "kl_prior_segmentation_std", "kl_prior_segmentation_proportions", "l2_pen", "continuity_loss", "clashing_loss")}
+        tracking = {
+            k: []
+            for k in (
+                "correlation_loss",
+                "kl_prior_latent",
+                "kl_prior_segmentation_mean",
+                "kl_prior_segmentation_std",
+                "kl_prior_segmentation_proportions",
+                "l2_pen",
+                "continuity_loss",
+                "clashing_loss",
+            )
+        }
         loss = compute_loss(
-            predicted, target, None, latent_mean, latent_std, self.vae, self.segmenter, self.settings, tracking,
-            structural_loss_parameters=self.structural, epoch=0, predicted_structures=structures, device="cpu",
+            predicted,
+            target,
+            None,
+            latent_mean,
+            latent_std,
+            self.vae,
+            self.segmenter,
+            self.settings,
+            tracking,
+            structural_loss_parameters=self.structural,
+            epoch=0,
+            predicted_structures=structures,
+            device="cpu",
         )
         loss.backward()
         self.optimizer.step()
@@ -194,9 +215,12 @@ class ReferenceStep:
                     layer.bias.copy_(torch.as_tensor(state[f"{prefix}_b{i}"]))
             seg = self.segmenter
             for ref_name, ours in (
-                ("segments_means_means", "centre_mean"), ("segments_means_stds", "centre_std"),
-                ("segments_stds_means", "width_mean"), ("segments_stds_stds", "width_std"),
-                ("segments_proportions_means", "proportion_mean"), ("segments_proportions_stds", "proportion_std"),
+                ("segments_means_means", "centre_mean"),
+                ("segments_means_stds", "centre_std"),
+                ("segments_stds_means", "width_mean"),
+                ("segments_stds_stds", "width_std"),
+                ("segments_proportions_means", "proportion_mean"),
+                ("segments_proportions_stds", "proportion_std"),
             ):
                 getattr(seg, ref_name)["part1"].copy_(torch.as_tensor(state[ours])[None, :])
 

@@ -69,8 +69,11 @@ def _subset(model: AtomicModel, keep: np.ndarray) -> AtomicModel:
     residue_fields = ("coords", "amplitudes", "chain_ids", "residue_numbers", "insertion_codes", "residue_names", "is_nucleotide")
     changes = {name: getattr(model, name)[keep] for name in residue_fields}
     changes.update(
-        atom_coords=changes["coords"].copy(), atom_names=np.full(keep.size, "CA"), atom_elements=np.full(keep.size, "C"),
-        atom_electrons=np.full(keep.size, 6.0), atom_residue_index=np.arange(keep.size),
+        atom_coords=changes["coords"].copy(),
+        atom_names=np.full(keep.size, "CA"),
+        atom_elements=np.full(keep.size, "C"),
+        atom_electrons=np.full(keep.size, 6.0),
+        atom_residue_index=np.arange(keep.size),
     )
     return dataclasses.replace(model, **changes)
 
@@ -138,12 +141,23 @@ def synthetic_inputs(structure: AtomicModel, box: int, batch: int, seed: int = 0
 def particle_table(inputs: dict[str, np.ndarray]) -> ParticleTable:
     n = len(inputs["images"])
     return ParticleTable(
-        image_paths=np.full(n, "synthetic.mrcs"), image_indices=np.arange(n), rotations=inputs["rotations"],
-        shifts_A=inputs["shifts_A"], defocus_u_A=inputs["defocus_u_A"], defocus_v_A=inputs["defocus_v_A"],
-        defocus_angle_rad=inputs["defocus_angle_rad"], voltage_kv=np.full(n, 300.0), spherical_aberration_mm=np.full(n, 2.7),
-        amplitude_contrast=np.full(n, 0.1), phase_shift_rad=np.zeros(n), bfactor_A2=np.zeros(n),
-        pixel_size_A=np.full(n, float(inputs["pixel_size_A"])), image_size=np.full(n, int(inputs["box"])),
-        optics_group=np.ones(n, dtype=np.int64), optics_group_names={1: "opticsGroup1"}, source="synthetic",
+        image_paths=np.full(n, "synthetic.mrcs"),
+        image_indices=np.arange(n),
+        rotations=inputs["rotations"],
+        shifts_A=inputs["shifts_A"],
+        defocus_u_A=inputs["defocus_u_A"],
+        defocus_v_A=inputs["defocus_v_A"],
+        defocus_angle_rad=inputs["defocus_angle_rad"],
+        voltage_kv=np.full(n, 300.0),
+        spherical_aberration_mm=np.full(n, 2.7),
+        amplitude_contrast=np.full(n, 0.1),
+        phase_shift_rad=np.zeros(n),
+        bfactor_A2=np.zeros(n),
+        pixel_size_A=np.full(n, float(inputs["pixel_size_A"])),
+        image_size=np.full(n, int(inputs["box"])),
+        optics_group=np.ones(n, dtype=np.int64),
+        optics_group_names={1: "opticsGroup1"},
+        source="synthetic",
     )
 
 
@@ -195,7 +209,7 @@ class OurStep:
         that segments move by Å and some residue pairs clash: every term is then exercised. The
         rotation rows keep their small start values: the reference turns the quaternion ``(1, o)``
         into a rotation vector with ``roma.unitquat_to_rotvec`` without normalising it, which
-        gives the angle ``2 atan|o| * sqrt(1 + |o|^2)`` instead of ``2 atan|o|`` (METHOD.md), equal
+        gives the angle ``2 atan|o| * sqrt(1 + |o|^2)`` instead of ``2 atan|o|`` (the published method, docs/method.md 6.2), equal
         only to second order in ``|o|``.
         """
         with torch.no_grad():
@@ -335,8 +349,21 @@ def _load() -> str:
 def run_config(args, model: str, box: int, batch: int, segments: int, device: str, inputs_path: Path) -> dict:
     """Time one configuration: warm-up, then ``--rounds`` rounds of ``--steps`` steps, alternating."""
     ours_cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", "--inputs", str(inputs_path), "--model", model,
-        "--segments", str(segments), "--clash", args.clash, "--device", device, "--threads", str(args.threads),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--inputs",
+        str(inputs_path),
+        "--model",
+        model,
+        "--segments",
+        str(segments),
+        "--clash",
+        args.clash,
+        "--device",
+        device,
+        "--threads",
+        str(args.threads),
     ] + (["--system-allocator"] if args.system_allocator else [])
     row = {"model": model, "box": box, "batch": batch, "segments": segments, "device": device, "load_before": _load()}
     ours = Worker(ours_cmd)
@@ -347,8 +374,20 @@ def run_config(args, model: str, box: int, batch: int, segments: int, device: st
         if args.reference and device == "cpu":
             betas = json.dumps(betas_at(RunConfig(), BENCH_EPOCH))
             ref_cmd = [
-                args.reference_python, str(Path(__file__).resolve().with_name("reference_step.py")), "--inputs", str(inputs_path),
-                "--batch", str(batch), "--segments", str(segments), "--clash", args.clash, "--betas", betas, "--threads", str(args.threads),
+                args.reference_python,
+                str(Path(__file__).resolve().with_name("reference_step.py")),
+                "--inputs",
+                str(inputs_path),
+                "--batch",
+                str(batch),
+                "--segments",
+                str(segments),
+                "--clash",
+                args.clash,
+                "--betas",
+                betas,
+                "--threads",
+                str(args.threads),
             ]
             ref = Worker(ref_cmd)
             ref.ask({"cmd": "steps", "n": 1})
@@ -387,20 +426,45 @@ def run_check(args, tmp: Path) -> dict:
     inputs = synthetic_inputs(structure, args.check_box, args.check_batch, seed=1)
     inputs_path = tmp / "check_inputs.npz"
     np.savez(inputs_path, **inputs)
-    ours = Worker([
-        sys.executable, str(Path(__file__).resolve()), "--worker", "--inputs", str(inputs_path), "--model", args.check_model,
-        "--segments", "10", "--clash", "full", "--device", "cpu",
-    ])
+    ours = Worker(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            "--inputs",
+            str(inputs_path),
+            "--model",
+            args.check_model,
+            "--segments",
+            "10",
+            "--clash",
+            "full",
+            "--device",
+            "cpu",
+        ]
+    )
     try:
         state_path = tmp / "check_state.npz"
         our_terms = ours.ask({"cmd": "check", "state": str(state_path)})
     finally:
         ours.close()
     betas = json.dumps(betas_at(RunConfig(), BENCH_EPOCH))
-    ref = Worker([
-        args.reference_python, str(Path(__file__).resolve().with_name("reference_step.py")), "--inputs", str(inputs_path),
-        "--batch", str(args.check_batch), "--segments", "10", "--clash", "full", "--betas", betas,
-    ])
+    ref = Worker(
+        [
+            args.reference_python,
+            str(Path(__file__).resolve().with_name("reference_step.py")),
+            "--inputs",
+            str(inputs_path),
+            "--batch",
+            str(args.check_batch),
+            "--segments",
+            "10",
+            "--clash",
+            "full",
+            "--betas",
+            betas,
+        ]
+    )
     try:
         ref_terms = ref.ask({"cmd": "check", "state": str(state_path), "coords_out": str(tmp / "ref_coords.npy")})
     finally:
@@ -421,13 +485,19 @@ def run_check(args, tmp: Path) -> dict:
         a, b = our_terms[ours_name], ref_terms[ref_name]
         row = {"term": label, "ours": a, "reference": b, "rel_diff": abs(a - b) / max(abs(a), abs(b), 1e-30)}
         if label == "correlation":
-            # The reference's std is the sample std (N - 1), METHOD.md's the population std.
+            # The reference's std is the sample std (N - 1), the published method's the population std.
             corrected = b * n_pixels / (n_pixels - 1)
             row["reference_population_std"] = corrected
             row["rel_diff_population_std"] = abs(a - corrected) / max(abs(a), 1e-30)
         rows.append(row)
-    return {"model": args.check_model, "box": args.check_box, "batch": args.check_batch, "segments": 10, "terms": rows,
-            "reference_light_clash_batch_mean": ref_terms["clash_our_pairs_batch_mean"]}
+    return {
+        "model": args.check_model,
+        "box": args.check_box,
+        "batch": args.check_batch,
+        "segments": 10,
+        "terms": rows,
+        "reference_light_clash_batch_mean": ref_terms["clash_our_pairs_batch_mean"],
+    }
 
 
 def main() -> None:
@@ -441,7 +511,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (ours, reference) per configuration")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--max-elements", type=float, default=2.0e8, help="skip configurations with batch*residues*box above this (memory, > 30 s/step on 2 cores)")
+    parser.add_argument(
+        "--max-elements", type=float, default=2.0e8, help="skip configurations with batch*residues*box above this (memory, > 30 s/step on 2 cores)"
+    )
     parser.add_argument("--projection", action="store_true", help="also time the batched projection product alone")
     parser.add_argument("--reference", action="store_true", help="also time the published cryoSPHERE")
     parser.add_argument("--reference-python", default="/tmp/cryosphere-ref-venv/bin/python")
@@ -467,8 +539,15 @@ def main() -> None:
         args.models, args.boxes, args.batches, args.segments = ["example"], [64], [32], [20]
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     out = open(args.json, "a") if args.json else None
-    header = {"machine": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv), "load": _load()}
+    header = {
+        "machine": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv),
+        "load": _load(),
+    }
     print(json.dumps(header), flush=True)
     if out:
         out.write(json.dumps(header) + "\n")
@@ -480,7 +559,7 @@ def main() -> None:
             if out:
                 out.write(json.dumps({"check": result}) + "\n")
         structures: dict[str, AtomicModel] = {}
-        for model in ([] if args.check and not args.reference and args.models == parser.get_default("models") else args.models):
+        for model in [] if args.check and not args.reference and args.models == parser.get_default("models") else args.models:
             structures.setdefault(model, load_structure(model))
             for box in args.boxes:
                 for batch in args.batches:
@@ -491,8 +570,15 @@ def main() -> None:
                     for segments in args.segments:
                         for device in devices:
                             if elements > args.max_elements:
-                                row = {"model": model, "residues": structures[model].n_residues, "box": box, "batch": batch, "segments": segments,
-                                       "device": device, "skipped": f"batch*residues*box = {elements:.2e} > {args.max_elements:.2g}"}
+                                row = {
+                                    "model": model,
+                                    "residues": structures[model].n_residues,
+                                    "box": box,
+                                    "batch": batch,
+                                    "segments": segments,
+                                    "device": device,
+                                    "skipped": f"batch*residues*box = {elements:.2e} > {args.max_elements:.2g}",
+                                }
                             else:
                                 row = run_config(args, model, box, batch, segments, device, inputs_path)
                             print(json.dumps(row), flush=True)

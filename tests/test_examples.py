@@ -26,11 +26,7 @@ def states():
 
 
 def domain_mask(model):
-    return (
-        (model.chain_ids == MOVED_CHAIN)
-        & (model.residue_numbers >= MOVED_RESIDUES[0])
-        & (model.residue_numbers <= MOVED_RESIDUES[1])
-    )
+    return (model.chain_ids == MOVED_CHAIN) & (model.residue_numbers >= MOVED_RESIDUES[0]) & (model.residue_numbers <= MOVED_RESIDUES[1])
 
 
 def test_states_share_residues_and_atoms(states):
@@ -69,9 +65,7 @@ def test_domain_moves_rigidly_by_the_hinge_angle_about_the_hinge_axis(states):
     rotvec = roma.rotmat_to_rotvec(rotation).numpy()
     assert np.rad2deg(np.linalg.norm(rotvec)) == pytest.approx(HINGE_ANGLE_DEG, abs=0.05)
     # Right-handed about the axis from the first hinge CA to the second.
-    hinge = [
-        np.nonzero((a.chain_ids == MOVED_CHAIN) & (a.residue_numbers == n))[0][0] for n in HINGE_RESIDUES
-    ]
+    hinge = [np.nonzero((a.chain_ids == MOVED_CHAIN) & (a.residue_numbers == n))[0][0] for n in HINGE_RESIDUES]
     axis = a.coords[hinge[1]] - a.coords[hinge[0]]
     cosine = rotvec @ axis / (np.linalg.norm(rotvec) * np.linalg.norm(axis))
     assert cosine > 0.9999
@@ -97,9 +91,7 @@ def test_chain_stays_continuous_and_free_of_severe_clashes(states):
 
 
 def test_generator_script_reproduces_the_bundled_files(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "make_example_conformations", REPO_ROOT / "tools" / "make_example_conformations.py"
-    )
+    spec = importlib.util.spec_from_file_location("make_example_conformations", REPO_ROOT / "tools" / "make_example_conformations.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     script.main(["--output-dir", str(tmp_path)])

@@ -142,10 +142,7 @@ def test_import_does_not_import_pyplot():
 
 
 def test_import_keeps_backend():
-    run_python(
-        "import matplotlib; b = matplotlib.get_backend(); import cryodomain.plots; "
-        "assert matplotlib.get_backend() == b, (b, matplotlib.get_backend())"
-    )
+    run_python("import matplotlib; b = matplotlib.get_backend(); import cryodomain.plots; assert matplotlib.get_backend() == b, (b, matplotlib.get_backend())")
 
 
 def test_import_and_drawing_keep_a_chosen_backend(tmp_path):

@@ -35,8 +35,8 @@ from cryodomain.io.structure import (
     AtomicModel,
     center_of_residues,
     read_atomic_model,
-    write_structure,
 )
+from cryodomain.io.structure_writer import write_structure
 
 logger = logging.getLogger("make_example_conformations")
 
@@ -49,9 +49,7 @@ def residue_index(model: AtomicModel, chain: str, number: int) -> int:
     return int(matches[0])
 
 
-def rotate_domain(
-    model: AtomicModel, chain: str, residues: tuple[int, int], hinges: tuple[int, int], angle_deg: float
-) -> AtomicModel:
+def rotate_domain(model: AtomicModel, chain: str, residues: tuple[int, int], hinges: tuple[int, int], angle_deg: float) -> AtomicModel:
     """Rotate a residue range rigidly about the axis through the CA atoms of two hinge residues.
 
     Args:
@@ -64,11 +62,7 @@ def rotate_domain(
     Returns:
         A copy of ``model`` with the range's residues and atoms moved.
     """
-    in_domain = (
-        (model.chain_ids == chain)
-        & (model.residue_numbers >= residues[0])
-        & (model.residue_numbers <= residues[1])
-    )
+    in_domain = (model.chain_ids == chain) & (model.residue_numbers >= residues[0]) & (model.residue_numbers <= residues[1])
     atom_in_domain = in_domain[model.atom_residue_index]
     # The axis passes through both hinge CAs, so they are fixed points of the motion.
     pivot = model.coords[residue_index(model, chain, hinges[0])]
@@ -86,12 +80,8 @@ def rotate_domain(
 def main(argv: list[str] | None = None) -> None:
     """Parse ``argv`` (default: the command line) and write both states."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--source", type=Path, default=SOURCE_STRUCTURE, help="input structure (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--output-dir", type=Path, default=STATE_A.parent, help="where to write (default: %(default)s)"
-    )
+    parser.add_argument("--source", type=Path, default=SOURCE_STRUCTURE, help="input structure (default: %(default)s)")
+    parser.add_argument("--output-dir", type=Path, default=STATE_A.parent, help="where to write (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -108,8 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     moved = np.linalg.norm(state_b.coords - state_a.coords, axis=1)
     moved = moved[moved > 0]
     logger.info(
-        "wrote %s and %s: %d residues, %d atoms; %d residues of chain %s moved by %.2f A on average "
-        "(max %.2f A)",
+        "wrote %s and %s: %d residues, %d atoms; %d residues of chain %s moved by %.2f A on average (max %.2f A)",
         path_a,
         path_b,
         model.n_residues,

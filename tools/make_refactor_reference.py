@@ -17,7 +17,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import TINY  # noqa: E402
-
 from cryodomain.examples import STATE_A, example_structures  # noqa: E402
 from cryodomain.workflows.config import load_config  # noqa: E402
 from cryodomain.workflows.simulate import simulate  # noqa: E402

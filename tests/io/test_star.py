@@ -10,8 +10,19 @@ from cryodomain.io.stack import write_stack
 from cryodomain.io.star import read_star, write_star
 
 ARRAY_FIELDS = (
-    "image_indices", "rotations", "shifts_A", "defocus_u_A", "defocus_v_A", "defocus_angle_rad", "voltage_kv",
-    "spherical_aberration_mm", "amplitude_contrast", "phase_shift_rad", "bfactor_A2", "pixel_size_A", "image_size",
+    "image_indices",
+    "rotations",
+    "shifts_A",
+    "defocus_u_A",
+    "defocus_v_A",
+    "defocus_angle_rad",
+    "voltage_kv",
+    "spherical_aberration_mm",
+    "amplitude_contrast",
+    "phase_shift_rad",
+    "bfactor_A2",
+    "pixel_size_A",
+    "image_size",
     "optics_group",
 )
 

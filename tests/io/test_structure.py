@@ -13,19 +13,16 @@ from cryodomain.io.structure import (
     center_of_residues,
     read_all_models,
     read_atomic_model,
-    write_structure,
 )
+from cryodomain.io.structure_writer import write_structure
 
 
-def pdb_line(
-    serial, name, resname, chain, resnum, xyz, element, record="ATOM", altloc=" ", icode=" ", occ=1.0
-):
+def pdb_line(serial, name, resname, chain, resnum, xyz, element, record="ATOM", altloc=" ", icode=" ", occ=1.0):
     """One fixed-column PDB ATOM/HETATM record."""
     padded = f" {name:<3}" if len(name) < 4 and len(element) == 1 else f"{name:<4}"
     x, y, z = xyz
     return (
-        f"{record:<6}{serial:>5} {padded}{altloc}{resname:>3} {chain}{resnum:>4}{icode}   "
-        f"{x:8.3f}{y:8.3f}{z:8.3f}{occ:6.2f}{20.0:6.2f}          {element:>2}\n"
+        f"{record:<6}{serial:>5} {padded}{altloc}{resname:>3} {chain}{resnum:>4}{icode}   {x:8.3f}{y:8.3f}{z:8.3f}{occ:6.2f}{20.0:6.2f}          {element:>2}\n"
     )
 
 
@@ -38,9 +35,7 @@ def write_pdb(path, residues):
     for index, (resname, chain, number, atoms, *rest) in enumerate(residues):
         record = rest[0] if rest else "ATOM"
         for k, (name, element) in enumerate(atoms):
-            lines.append(
-                pdb_line(serial, name, resname, chain, number, (3.8 * index, k * 1.1, 0.5), element, record)
-            )
+            lines.append(pdb_line(serial, name, resname, chain, number, (3.8 * index, k * 1.1, 0.5), element, record))
             serial += 1
     path.write_text("".join(lines) + "END\n")
     return path
@@ -69,12 +64,7 @@ def test_nucleotides_use_c1prime_and_amino_acids_ca(model_3mht):
 
     def file_xyz(atom, chain, number):
         for line in lines:
-            if (
-                line.startswith("ATOM")
-                and line[12:16].strip() == atom
-                and line[21] == chain
-                and int(line[22:26]) == number
-            ):
+            if line.startswith("ATOM") and line[12:16].strip() == atom and line[21] == chain and int(line[22:26]) == number:
                 return [float(line[30:38]), float(line[38:46]), float(line[46:54])]
 
     m = model_3mht
@@ -173,9 +163,7 @@ def test_first_model_is_used_with_a_message(tmp_path, model_3mht, caplog):
         first = read_atomic_model(path)
     assert "two.pdb: 2 models, using model 1" in caplog.text
     np.testing.assert_allclose(first.coords, model_3mht.coords, atol=1e-3)
-    np.testing.assert_allclose(
-        read_atomic_model(path, model_index=1).coords, model_3mht.coords + 10.0, atol=1e-3
-    )
+    np.testing.assert_allclose(read_atomic_model(path, model_index=1).coords, model_3mht.coords + 10.0, atol=1e-3)
     assert len(read_all_models(path)) == 2
     with pytest.raises(InputError, match="two.pdb"):
         read_atomic_model(path, model_index=2)
@@ -184,12 +172,7 @@ def test_first_model_is_used_with_a_message(tmp_path, model_3mht, caplog):
 def bfactors_by_residue(path):
     """B-factor of every atom of the first model, and its (chain, number) key, read with gemmi."""
     structure = gemmi.read_structure(str(path))
-    return [
-        (chain.name, residue.seqid.num, atom.b_iso)
-        for chain in structure[0]
-        for residue in chain
-        for atom in residue
-    ]
+    return [(chain.name, residue.seqid.num, atom.b_iso) for chain in structure[0] for residue in chain for atom in residue]
 
 
 @pytest.mark.parametrize("suffix", [".pdb", ".cif"])
@@ -285,9 +268,7 @@ def test_missing_file_is_an_input_error(tmp_path):
 
 
 def test_file_without_ca_or_c1prime_is_an_input_error(tmp_path):
-    path = write_pdb(
-        tmp_path / "ligands.pdb", [("HOH", "W", 1, [("O", "O")], "HETATM"), ("ALA", "A", 2, [("N", "N")])]
-    )
+    path = write_pdb(tmp_path / "ligands.pdb", [("HOH", "W", 1, [("O", "O")], "HETATM"), ("ALA", "A", 2, [("N", "N")])])
     with pytest.raises(InputError, match=r"ligands\.pdb.*no CA or C1' atoms"):
         read_atomic_model(path)
 

@@ -2,14 +2,35 @@ import roma
 import torch
 
 from cryodomain.model.deformation import (
-    compose_in_order,
+    compose_quaternion_planes_in_order,
     deform_atoms,
     deform_points,
-    compose_quaternion_planes_in_order,
     quaternion_to_matrix,
     residue_transforms,
     scaled_rotation_planes,
 )
+
+
+def compose_in_order(matrices: torch.Tensor) -> torch.Tensor:
+    """Reference: product ``M_{K-1} ... M_1 M_0`` of a sequence of matrices, by pairwise tree reduction.
+
+    ``ceil(log2 K)`` rounds of batched matmuls instead of ``K`` sequential ones; each round
+    multiplies neighbours ``(2j, 2j+1)`` into ``M_{2j+1} M_{2j}``, which keeps the order.
+
+    Args:
+        matrices: ``(..., K, d, d)`` with ``K >= 1``.
+
+    Returns:
+        ``(..., d, d)``.
+    """
+    while matrices.shape[-3] > 1:
+        if matrices.shape[-3] % 2 == 1:
+            # An identity appended at the end is applied last and changes nothing.
+            identity = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
+            identity = identity.expand(*matrices.shape[:-3], 1, *matrices.shape[-2:])
+            matrices = torch.cat([matrices, identity], dim=-3)
+        matrices = matrices[..., 1::2, :, :] @ matrices[..., 0::2, :, :]
+    return matrices[..., 0, :, :]
 
 
 def generator(seed: int = 0) -> torch.Generator:
@@ -24,8 +45,7 @@ def one_hot_memberships(segment_of_residue: torch.Tensor, n_segments: int, batch
 def test_zero_motion_gives_back_the_base_structure():
     base = torch.randn(30, 3, generator=generator(), dtype=torch.float64) * 10
     memberships = torch.softmax(torch.randn(2, 30, 4, generator=generator(1), dtype=torch.float64), dim=-1)
-    rotations, translations = residue_transforms(memberships, torch.zeros(2, 4, 3, dtype=torch.float64),
-                                                 torch.zeros(2, 4, 3, dtype=torch.float64))
+    rotations, translations = residue_transforms(memberships, torch.zeros(2, 4, 3, dtype=torch.float64), torch.zeros(2, 4, 3, dtype=torch.float64))
     deformed = deform_points(base, rotations, translations)
     torch.testing.assert_close(deformed, base[None].expand(2, -1, -1))
 
@@ -46,8 +66,7 @@ def test_one_hot_segmentation_moves_each_segment_rigidly():
 
 def test_tree_product_equals_sequential_product_for_every_segment_count():
     for n_segments in range(1, 10):
-        matrices = roma.rotvec_to_rotmat(torch.randn(2, 5, n_segments, 3, generator=generator(n_segments),
-                                                     dtype=torch.float64))
+        matrices = roma.rotvec_to_rotmat(torch.randn(2, 5, n_segments, 3, generator=generator(n_segments), dtype=torch.float64))
         sequential = matrices[..., 0, :, :]
         for k in range(1, n_segments):
             sequential = matrices[..., k, :, :] @ sequential  # segment 0 applied first
@@ -68,22 +87,20 @@ def test_atoms_move_with_their_residue():
     n_residues, atoms_per_residue = 8, 4
     residue_points = torch.randn(n_residues, 3, generator=generator(), dtype=torch.float64) * 10
     atom_residue_index = torch.arange(n_residues).repeat_interleave(atoms_per_residue)
-    atom_points = residue_points[atom_residue_index] + torch.randn(n_residues * atoms_per_residue, 3,
-                                                                   generator=generator(5), dtype=torch.float64)
+    atom_points = residue_points[atom_residue_index] + torch.randn(n_residues * atoms_per_residue, 3, generator=generator(5), dtype=torch.float64)
     # Make the first atom of each residue the representative one (CA).
     representative = torch.arange(n_residues) * atoms_per_residue
     atom_points[representative] = residue_points
     memberships = torch.softmax(torch.randn(3, n_residues, 3, generator=generator(6), dtype=torch.float64), dim=-1)
-    rotations, translations = residue_transforms(memberships, torch.randn(3, 3, 3, generator=generator(7),
-                                                                          dtype=torch.float64),
-                                                 torch.randn(3, 3, 3, generator=generator(8), dtype=torch.float64))
+    rotations, translations = residue_transforms(
+        memberships, torch.randn(3, 3, 3, generator=generator(7), dtype=torch.float64), torch.randn(3, 3, 3, generator=generator(8), dtype=torch.float64)
+    )
     atoms = deform_atoms(atom_points, atom_residue_index, rotations, translations)
     residues = deform_points(residue_points, rotations, translations)
     assert atoms.shape == (3, n_residues * atoms_per_residue, 3)
     torch.testing.assert_close(atoms[:, representative], residues)
     # Distances inside a residue are preserved: each residue moves rigidly.
-    torch.testing.assert_close(torch.linalg.norm(atoms[:, 1] - atoms[:, 0], dim=-1),
-                               torch.linalg.norm(atom_points[1] - atom_points[0]).expand(3))
+    torch.testing.assert_close(torch.linalg.norm(atoms[:, 1] - atoms[:, 0], dim=-1), torch.linalg.norm(atom_points[1] - atom_points[0]).expand(3))
 
 
 def test_residues_with_zero_membership_do_not_move():
@@ -118,7 +135,7 @@ def test_gradients_are_finite_when_a_segment_does_not_turn():
     rotations, _ = residue_transforms(memberships, rotvecs, torch.zeros(1, 2, 3))
     (rotations * torch.randn(rotations.shape, generator=generator(4))).sum().backward()
     assert torch.isfinite(memberships.grad).all() and torch.isfinite(rotvecs.grad).all()
-    # At zero rotation the derivative of the rotation along w_k is the membership times w_k's generator.
+    # At zero rotation the derivative of the rotation along r_k is the membership times r_k's generator.
     assert rotvecs.grad.abs().sum() > 0
 
 

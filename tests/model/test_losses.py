@@ -6,7 +6,6 @@ from cryodomain.model.losses import (
     all_pairs,
     clash_loss,
     clash_pairs_light,
-    consecutive_pairs,
     continuity_loss,
     correlation_loss,
     gaussian_kl,
@@ -58,7 +57,7 @@ def test_continuity_is_zero_for_a_rigid_motion_of_the_whole_model():
     base = chain(10)
     rotation = torch.linalg.matrix_exp(torch.tensor([[0.0, -0.3, 0.2], [0.3, 0.0, -0.1], [-0.2, 0.1, 0.0]]))
     moved = (base @ rotation.T + torch.tensor([5.0, -2.0, 1.0]))[None]
-    pairs = consecutive_pairs(torch.zeros(10, dtype=torch.int64), torch.arange(10))
+    pairs = torch.stack([torch.arange(9), torch.arange(1, 10)], dim=1)
     assert continuity_loss(moved, base, pairs).item() == pytest.approx(0.0, abs=1e-8)
     stretched = (base * 2.0)[None]
     assert continuity_loss(stretched, base, pairs).item() == pytest.approx(3.8**2, rel=1e-5)
@@ -68,12 +67,6 @@ def test_continuity_without_pairs_is_zero():
     base = chain(4)
     empty = torch.zeros((0, 2), dtype=torch.int64)
     assert continuity_loss(base[None] * 3.0, base, empty).item() == 0.0
-
-
-def test_consecutive_pairs_stop_at_chain_breaks_and_gaps():
-    chain_index = torch.tensor([0, 0, 0, 0, 1, 1])
-    residue_number = torch.tensor([1, 2, 4, 5, 5, 6])
-    assert consecutive_pairs(chain_index, residue_number).tolist() == [[0, 1], [2, 3], [4, 5]]
 
 
 def test_clash_loss_is_exactly_zero_without_clash():
@@ -113,12 +106,7 @@ def test_light_clash_pairs_are_those_within_the_distance_band():
     base = torch.randn(40, 3, generator=torch.Generator().manual_seed(1)) * 8.0
     pairs = clash_pairs_light(base, low=4.0, high=10.0, min_separation=2)
     distances = torch.cdist(base, base)
-    expected = {
-        (i, j)
-        for i in range(40)
-        for j in range(i + 2, 40)
-        if 4.0 <= distances[i, j] <= 10.0
-    }
+    expected = {(i, j) for i in range(40) for j in range(i + 2, 40) if 4.0 <= distances[i, j] <= 10.0}
     assert {tuple(pair) for pair in pairs.tolist()} == expected
     assert pairs.dtype == torch.int64
 

@@ -68,21 +68,14 @@ def test_gradients_reach_every_parameter_of_encoder_decoder_and_segmentation():
     base = torch.randn(n_residues, 3) * 5
     encoder = Encoder(n_pixels=36, latent_dim=4, hidden=(16, 8))
     decoder = Decoder(latent_dim=4, n_segments=5, hidden=(16,))
-    segmentation = Segmentation(
-        [SegmentPart(np.arange(0, 10), 2), SegmentPart(np.arange(12, 24), 3)], n_residues=n_residues
-    )
+    segmentation = Segmentation([SegmentPart(np.arange(0, 10), 2), SegmentPart(np.arange(12, 24), 3)], n_residues=n_residues)
     mean, std = encoder(torch.randn(batch, 6, 6))
     rotvecs, translations = decoder(sample_latent(mean, std))
     rotations, shifts = residue_transforms(segmentation(batch), rotvecs, translations)
     deformed = deform_points(base, rotations, shifts)
     pairs = torch.stack([torch.arange(n_residues - 1), torch.arange(1, n_residues)], dim=1)
     target = base + torch.randn(n_residues, 3)
-    loss = (
-        (deformed - target).square().mean()
-        + continuity_loss(deformed, base, pairs)
-        + latent_kl(mean, std)
-        + sum(segmentation.kl_divergence().values())
-    )
+    loss = (deformed - target).square().mean() + continuity_loss(deformed, base, pairs) + latent_kl(mean, std) + sum(segmentation.kl_divergence().values())
     loss.backward()
     for module in (encoder, decoder, segmentation):
         for name, parameter in module.named_parameters():

@@ -62,8 +62,9 @@ def test_kl_is_zero_at_the_prior_and_positive_away():
 
 
 def test_custom_start_values_and_prior_are_used():
-    part = SegmentPart(np.arange(10), 2, init_centres=np.array([1.0, 7.0]), init_widths=np.array([2.0, 3.0]),
-                       prior_centres=uniform_centres(10, 2), prior_centre_std=5.0)
+    part = SegmentPart(
+        np.arange(10), 2, init_centres=np.array([1.0, 7.0]), init_widths=np.array([2.0, 3.0]), prior_centres=uniform_centres(10, 2), prior_centre_std=5.0
+    )
     segmentation = Segmentation([part], n_residues=10)
     torch.testing.assert_close(segmentation.centre_mean, torch.tensor([1.0, 7.0]))
     torch.testing.assert_close(segmentation.prior_centre_mean, torch.tensor([2.5, 7.5]))
@@ -101,8 +102,7 @@ def test_many_segments_on_few_residues_stay_finite_under_aggressive_training(one
     optimiser = torch.optim.Adam([*segmentation.parameters(), rotvecs, translations], lr=0.5)
     for _ in range(200):
         memberships = segmentation(2)
-        rotations, shifts = residue_transforms(memberships, rotvecs.expand(2, -1, -1),
-                                               translations.expand(2, -1, -1))
+        rotations, shifts = residue_transforms(memberships, rotvecs.expand(2, -1, -1), translations.expand(2, -1, -1))
         deformed = deform_points(base, rotations, shifts)
         loss = (deformed - target).square().mean() + segmentation.width_mean.sum()
         loss = loss + 1e-3 * sum(segmentation.kl_divergence().values())

@@ -76,9 +76,16 @@ def test_defocus_along_angle_equals_defocus_u():
 
 
 def test_value_and_sign_at_zero_frequency():
-    params = make_params(amplitude_contrast=[0.07, 0.1, 0.1], phase_shift_rad=[0.0, 0.0, math.pi / 2],
-                         defocus_u_A=[1e4] * 3, defocus_v_A=[1e4] * 3, defocus_angle_rad=[0.0] * 3,
-                         voltage_kv=[300.0] * 3, spherical_aberration_mm=[2.7] * 3, bfactor_A2=[0.0] * 3)
+    params = make_params(
+        amplitude_contrast=[0.07, 0.1, 0.1],
+        phase_shift_rad=[0.0, 0.0, math.pi / 2],
+        defocus_u_A=[1e4] * 3,
+        defocus_v_A=[1e4] * 3,
+        defocus_angle_rad=[0.0] * 3,
+        voltage_kv=[300.0] * 3,
+        spherical_aberration_mm=[2.7] * 3,
+        bfactor_A2=[0.0] * 3,
+    )
     dc = compute_ctf(torch.zeros(1, 2, dtype=torch.float64), params)[:, 0]
     torch.testing.assert_close(dc, torch.tensor([0.07, 0.1, math.sin(math.pi / 2 + math.asin(0.1))], dtype=torch.float64))
     # Positive (white protein) at low frequency before the first zero.
@@ -97,9 +104,16 @@ def test_matches_cryodrgn_formula_with_opposite_sign():
     # cryoDRGN: gamma = 2 pi (-0.5 df lambda s^2 + 0.25 Cs lambda^3 s^4) - phase_shift,
     # ctf = sqrt(1 - w^2) sin(gamma) - w cos(gamma), with df the astigmatic defocus via atan2.
     generator = torch.Generator().manual_seed(0)
-    params = make_params(defocus_u_A=[21000.0, 9000.0], defocus_v_A=[19000.0, 8500.0], defocus_angle_rad=[0.3, -1.2],
-                         voltage_kv=[300.0, 200.0], spherical_aberration_mm=[2.7, 2.0], amplitude_contrast=[0.1, 0.07],
-                         phase_shift_rad=[0.0, 0.5], bfactor_A2=[0.0, 30.0])
+    params = make_params(
+        defocus_u_A=[21000.0, 9000.0],
+        defocus_v_A=[19000.0, 8500.0],
+        defocus_angle_rad=[0.3, -1.2],
+        voltage_kv=[300.0, 200.0],
+        spherical_aberration_mm=[2.7, 2.0],
+        amplitude_contrast=[0.1, 0.07],
+        phase_shift_rad=[0.0, 0.5],
+        bfactor_A2=[0.0, 30.0],
+    )
     freqs = (torch.rand(300, 2, generator=generator, dtype=torch.float64) - 0.5) * 0.6
     s2 = (freqs**2).sum(-1)
     expected = []

@@ -36,8 +36,10 @@ def test_projection_matches_brute_force_loop():
                 value = 0.0
                 for i in range(4):
                     x, y = points[b, i, 0].item(), points[b, i, 1].item()
-                    value += amplitudes[b, i].item() * math.exp(-((x - grid[p].item()) ** 2) / (2 * sigma**2)) * math.exp(
-                        -((y - grid[q].item()) ** 2) / (2 * sigma**2)
+                    value += (
+                        amplitudes[b, i].item()
+                        * math.exp(-((x - grid[p].item()) ** 2) / (2 * sigma**2))
+                        * math.exp(-((y - grid[q].item()) ** 2) / (2 * sigma**2))
                     )
                 assert images[b, q, p].item() == pytest.approx(value, rel=1e-12)
     # Shared amplitudes (R,) broadcast over the batch.

@@ -80,10 +80,20 @@ def cs_variant(tmp_path, tiny_simulation) -> Callable[..., Path]:
         data = np.zeros(
             n,
             dtype=[
-                ("uid", "<u8"), ("blob/path", "S200"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
-                ("blob/psize_A", "<f4"), ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"),
-                ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"), ("ctf/phase_shift_rad", "<f4"),
-                ("alignments3D/shift", "<f4", (2,)), ("alignments3D/pose", "<f4", (3,)),
+                ("uid", "<u8"),
+                ("blob/path", "S200"),
+                ("blob/idx", "<u4"),
+                ("blob/shape", "<u4", (2,)),
+                ("blob/psize_A", "<f4"),
+                ("ctf/accel_kv", "<f4"),
+                ("ctf/cs_mm", "<f4"),
+                ("ctf/amp_contrast", "<f4"),
+                ("ctf/df1_A", "<f4"),
+                ("ctf/df2_A", "<f4"),
+                ("ctf/df_angle_rad", "<f4"),
+                ("ctf/phase_shift_rad", "<f4"),
+                ("alignments3D/shift", "<f4", (2,)),
+                ("alignments3D/pose", "<f4", (3,)),
             ],
         )
         data["uid"] = np.arange(n)
@@ -140,8 +150,6 @@ def train_cli(capsys, tiny_config):
         return status, capsys.readouterr().err.strip().splitlines()
 
     return run
-
-
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,12 @@ def test_bad_config_files(tmp_path, tiny_simulation, train_cli, yaml_text, expec
 
 @pytest.mark.parametrize(
     "flags, expected",
-    [(("--epochs", "0"), "optim.epochs"), (("--batch-size", "-4"), "optim.batch_size"), (("--latent-dim", "0"), "model.latent_dim"), (("--lr", "0"), "optim.lr")],
+    [
+        (("--epochs", "0"), "optim.epochs"),
+        (("--batch-size", "-4"), "optim.batch_size"),
+        (("--latent-dim", "0"), "model.latent_dim"),
+        (("--lr", "0"), "optim.lr"),
+    ],
 )
 def test_bad_values_on_the_command_line(tmp_path, tiny_simulation, refused, flags, expected):
     refused(tiny_simulation["star"], expected, flags=flags)

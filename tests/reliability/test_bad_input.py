@@ -166,7 +166,12 @@ def test_absurd_particle_values(star_variant, refused, column, value, problem):
 
 @pytest.mark.parametrize(
     "column, value, problem",
-    [("rlnVoltage", 0.0, "voltage must be between 30 and 1000 kV"), ("rlnVoltage", 300000.0, "in kV"), ("rlnAmplitudeContrast", 1.5, "[0, 1)"), ("rlnSphericalAberration", -2.7, ">= 0 mm")],
+    [
+        ("rlnVoltage", 0.0, "voltage must be between 30 and 1000 kV"),
+        ("rlnVoltage", 300000.0, "in kV"),
+        ("rlnAmplitudeContrast", 1.5, "[0, 1)"),
+        ("rlnSphericalAberration", -2.7, ">= 0 mm"),
+    ],
 )
 def test_absurd_optics_values(star_variant, refused, column, value, problem):
     path = star_variant(lambda blocks: blocks["optics"].__setitem__(column, value))

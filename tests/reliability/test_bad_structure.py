@@ -97,7 +97,8 @@ def test_model_not_in_the_box_centred_frame(tmp_path, refused, tiny_simulation):
 def parts_config(tmp_path, parts_yaml):
     path = tmp_path / "parts.yaml"
     path.write_text(
-        "model:\n  encoder_hidden: [32, 16]\n  decoder_hidden: [32]\n  latent_dim: 2\n  parts:\n" + parts_yaml
+        "model:\n  encoder_hidden: [32, 16]\n  decoder_hidden: [32]\n  latent_dim: 2\n  parts:\n"
+        + parts_yaml
         + "optim: {epochs: 1, batch_size: 16, device: cpu}\n"
     )
     return path

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 from reliability_helpers import assert_same_model, metric_totals
@@ -17,6 +18,9 @@ from cryodomain.examples import STATE_A
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.objective import LOGGED_VALUES
 from cryodomain.workflows.train import train
+
+# Multi-process runs: minutes, not seconds (`pytest -m 'not slow'` leaves them out).
+pytestmark = pytest.mark.slow
 
 # Long enough (36 steps) for kills to land inside epochs, in checkpoint writes and between them.
 KILL_CONFIG = """\
@@ -50,8 +54,20 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
     run_seconds = time.perf_counter() - started
 
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "cryodomain", "train", str(tiny_simulation["star"]), "--structure", str(STATE_A),
-               "-o", str(run), "--config", str(config_path), "--resume"]
+    command = [
+        sys.executable,
+        "-m",
+        "cryodomain",
+        "train",
+        str(tiny_simulation["star"]),
+        "--structure",
+        str(STATE_A),
+        "-o",
+        str(run),
+        "--config",
+        str(config_path),
+        "--resume",
+    ]
     # One thread, as the in-process reference (the bits of a CPU run depend on the thread count).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     rng = random.Random(11)

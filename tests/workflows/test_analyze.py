@@ -20,7 +20,8 @@ from cryodomain.errors import InputError
 from cryodomain.examples import STATE_A
 from cryodomain.io.maps import write_map
 from cryodomain.io.star import read_star
-from cryodomain.io.structure import read_atomic_model, write_structure
+from cryodomain.io.structure import read_atomic_model
+from cryodomain.io.structure_writer import write_structure
 from cryodomain.workflows.analyze import (
     AnalysisSettings,
     analyze_run,
@@ -28,8 +29,8 @@ from cryodomain.workflows.analyze import (
     observed_and_model_images,
     structure_suffix,
 )
-from cryodomain.workflows.latent import kmeans_latents, latent_pca, nearest_latents, pc_traversal
 from cryodomain.workflows.config import load_config
+from cryodomain.workflows.latent import kmeans_latents, latent_pca, nearest_latents, pc_traversal
 from cryodomain.workflows.structures import decode_batches
 from cryodomain.workflows.train import train
 from cryodomain.workflows.trained_run import TrainedRun
@@ -60,9 +61,7 @@ def analysed(tmp_path_factory, tiny_simulation, tiny_config_overrides):
     summary = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(summary):
         patch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
-        status = main(
-            ["analyze", str(root / "run"), "-o", str(out), "--points", str(N_POINTS), "--full-atom", "--volumes", "--umap", "--device", "cpu"]
-        )
+        status = main(["analyze", str(root / "run"), "-o", str(out), "--points", str(N_POINTS), "--full-atom", "--volumes", "--umap", "--device", "cpu"])
     assert status == 0
     run = TrainedRun.load(root / "run")
     model, data = run.model, run.data
@@ -96,7 +95,7 @@ def test_traversals_are_real_particles_ordered_along_their_pc_and_decoded(analys
         trajectory = gemmi.read_structure(str(directory / "trajectory.pdb"))
         assert len(trajectory) == N_POINTS and trajectory[0].count_atom_sites() == N_ATOMS
         # The last model is the structure decoded at the last traversal point (every atom moved).
-        (_, expected), = decode_batches(analysed.model, analysed.z[indices[-1:]], atoms_of=analysed.data.structure, progress=False)
+        ((_, expected),) = decode_batches(analysed.model, analysed.z[indices[-1:]], atoms_of=analysed.data.structure, progress=False)
         written = np.array([atom.pos.tolist() for chain in trajectory[N_POINTS - 1] for residue in chain for atom in residue])
         # Files list atoms residue by residue.
         in_file_order = expected[0][np.argsort(analysed.data.structure.atom_residue_index, kind="stable")]
@@ -154,7 +153,7 @@ def test_volumes_are_on_the_data_grid_centred_on_the_model(analysed):
     assert len(maps) == N_CLUSTERS + 2 * 2
     assert {path.name for path in analysed.out.glob("pc1/*.mrc")} == {"point_01.mrc", f"point_{N_POINTS:02d}.mrc"}
     centres = np.loadtxt(analysed.out / "kmeans" / "centers_indices.txt", dtype=np.int64)
-    (_, residues), = decode_batches(analysed.model, analysed.z[centres[:1]], progress=False)
+    ((_, residues),) = decode_batches(analysed.model, analysed.z[centres[:1]], progress=False)
     amplitudes = analysed.data.structure.amplitudes
     with mrcfile.open(analysed.out / "kmeans" / "center_00.mrc") as mrc:
         assert mrc.data.shape == (BOX, BOX, BOX)

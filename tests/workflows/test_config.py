@@ -16,7 +16,9 @@ def test_defaults_are_the_published_ones():
 
 def test_yaml_then_flags_override(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("optim:\n  epochs: 7\n  lr: 0.001\nmodel:\n  parts:\n    - chain: A\n      first_residue: 10\n      last_residue: 80\n      n_segments: 3\n")
+    path.write_text(
+        "optim:\n  epochs: 7\n  lr: 0.001\nmodel:\n  parts:\n    - chain: A\n      first_residue: 10\n      last_residue: 80\n      n_segments: 3\n"
+    )
     config = load_config(path, {"optim.epochs": 9, "optim.batch_size": None})
     assert config.optim.epochs == 9 and config.optim.lr == 0.001 and config.optim.batch_size == 128
     assert config.model.parts[0].chain == "A" and config.model.parts[0].n_segments == 3

@@ -86,9 +86,7 @@ def test_relion_reconstructs_a_positive_map_of_the_input_from_a_simulation(tmp_p
 
     state_a = example_structures()[0]
     written = simulate([state_a], tmp_path, SimulationSettings(n_images=300, snr=float("inf"), atoms="all", seed=3))
-    subprocess.run(
-        ["relion_reconstruct", "--i", written["star"].name, "--o", "rec.mrc", "--ctf"], cwd=tmp_path, check=True, capture_output=True
-    )
+    subprocess.run(["relion_reconstruct", "--i", written["star"].name, "--o", "rec.mrc", "--ctf"], cwd=tmp_path, check=True, capture_output=True)
     reconstruction = mrcfile.read(tmp_path / "rec.mrc")
     model = read_atomic_model(state_a)
     truth = render_volume(torch.as_tensor(model.atom_coords), torch.as_tensor(model.atom_electrons), 2.0, 64, 2.0).numpy()

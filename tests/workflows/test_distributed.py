@@ -11,6 +11,9 @@ import torch
 
 from cryodomain.examples import STATE_A
 
+# Multi-process runs: minutes, not seconds (`pytest -m 'not slow'` leaves them out).
+pytestmark = pytest.mark.slow
+
 
 def train_command(star, run_dir, *extra):
     config = run_dir.parent / "tiny.yaml"

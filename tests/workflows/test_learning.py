@@ -7,6 +7,7 @@ CPU cores.
 """
 
 import numpy as np
+import pytest
 
 from cryodomain.examples import DEMO_CONFIG, MOVED_CHAIN, MOVED_RESIDUES, STATE_A, example_structures
 from cryodomain.workflows.config import load_config
@@ -17,6 +18,7 @@ from cryodomain.workflows.train import train
 from cryodomain.workflows.trained_run import TrainedRun
 
 
+@pytest.mark.slow
 def test_training_recovers_the_domain_motion_and_segments_the_domain(tmp_path):
     settings = SimulationSettings(n_images=1500, snr=1.0, atoms="all", seed=11)
     written = simulate(list(example_structures()), tmp_path / "sim", settings)

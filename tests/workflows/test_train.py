@@ -55,7 +55,6 @@ def test_same_seed_same_bits_and_resume_continues_exactly(tmp_path, tiny_simulat
 def test_latent_means_are_in_particle_order(tmp_path, tiny_simulation, tiny_config_overrides):
     run_dir = run(tmp_path, tiny_simulation, tiny_config_overrides)
     trained = TrainedRun.load(run_dir)
-    model, data = trained.model, trained.data
     z = trained.latent_means(batch_size=5, progress=False)
     assert z.shape == (48, 2)
     single = trained.latent_means(batch_size=48, progress=False)
@@ -102,7 +101,6 @@ def test_parts_move_only_their_residues(tmp_path, tiny_simulation, tiny_config_o
 def test_non_amortised_latents_train(tmp_path, tiny_simulation, tiny_config_overrides):
     run_dir = run(tmp_path, tiny_simulation, {**tiny_config_overrides, "model.amortized": False})
     trained = TrainedRun.load(run_dir)
-    model, data = trained.model, trained.data
     z = trained.latent_means(progress=False)
     # One free latent per image, moved away from its zero start by training.
     assert z.shape == (48, 2) and np.abs(z).max() > 0

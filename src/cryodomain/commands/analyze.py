@@ -19,8 +19,7 @@ import logging
 from pathlib import Path
 
 from cryodomain.workflows.analyze import AnalysisOutputs, AnalysisSettings, analyze_run
-from cryodomain.workflows.distributed import start, stop
-from cryodomain.workflows.distributed import resolve_device
+from cryodomain.workflows.distributed import resolve_device, start, stop
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,11 @@ def main(args: argparse.Namespace) -> None:
         volume_box=args.box,
         volume_pixel_size_A=args.apix,
     )
-    workers = start(resolve_device(args.device).type)
+    processes = start(resolve_device(args.device).type)
     try:
-        out = analyze_run(args.run, Path(args.outdir), settings, checkpoint=args.checkpoint, device=args.device, workers=workers)
+        out = analyze_run(args.run, Path(args.outdir), settings, checkpoint=args.checkpoint, device=args.device, processes=processes)
     finally:
-        stop(workers)
+        stop(processes)
     if out is not None:
         print(describe(out))
 

@@ -52,7 +52,10 @@ def describe(result: dict, out: Path) -> str:
     lines = [f"{result['n_images']} images, {result['n_conformations']} conformations; written to {out}"]
     lines.append("median per-image RMSD (Å), no superposition:")
     lines.append(f"  {'conformations':>13} {'images':>6} {'run':>7} {'baseline':>8} {'best single':>11} {'rigid limit':>11}")
-    rows = [(f"{row['conformations'][0]}" if row["conformations"][0] == row["conformations"][1] else "{}-{}".format(*row["conformations"]), row) for row in result["by_conformation_bin"]]
+    rows = [
+        (f"{row['conformations'][0]}" if row["conformations"][0] == row["conformations"][1] else "{}-{}".format(*row["conformations"]), row)
+        for row in result["by_conformation_bin"]
+    ]
     overall = {"n_images": result["n_images"], "run_median_A": result["rmsd_A"]["median"]}
     overall.update({f"{name}_median_A": result["references"][name]["rmsd_A"]["median"] for name in REFERENCES})
     for label, row in [*rows, ("all", overall)]:
@@ -63,6 +66,14 @@ def describe(result: dict, out: Path) -> str:
     lines.append(f"rigid limit: {limit['n_segments']} segments, boundaries {' '.join(map(str, limit['boundaries']))}{grid}")
     agreement = result.get("map_agreement")
     if agreement:
-        lines.append(f"map agreement on {agreement['n_images']} images (FSC; median AUC, median resolution at FSC 0.5, Nyquist {agreement['nyquist_A']:.1f} Å):")
-        lines.append("  " + ", ".join(f"{name.replace('_', ' ')} {_number(agreement[name]['auc']['median'], 3)} / {_number(agreement[name]['resolution_A_at_fsc_0.5']['median'], 1)} Å" for name in _COLUMNS))
+        lines.append(
+            f"map agreement on {agreement['n_images']} images (FSC; median AUC, median resolution at FSC 0.5, Nyquist {agreement['nyquist_A']:.1f} Å):"
+        )
+        lines.append(
+            "  "
+            + ", ".join(
+                f"{name.replace('_', ' ')} {_number(agreement[name]['auc']['median'], 3)} / {_number(agreement[name]['resolution_A_at_fsc_0.5']['median'], 1)} Å"
+                for name in _COLUMNS
+            )
+        )
     return "\n".join(lines)

@@ -17,7 +17,6 @@ import argparse
 import logging
 import math
 
-from cryodomain.errors import input_error
 from cryodomain.workflows.simulate import SimulationSettings, simulate
 
 log = logging.getLogger(__name__)
@@ -48,20 +47,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
-    checks = {
-        "--n-images": args.n_images > 0,
-        "--box": args.box >= 8,
-        "--apix": args.apix > 0,
-        "--snr": args.snr > 0,
-        "--sigma": args.sigma > 0,
-        "--defocus-min": 0 < args.defocus_min <= args.defocus_max,
-        "--voltage": args.voltage > 0,
-        "--max-shift": args.max_shift >= 0,
-        "--amplitude-contrast": 0 <= args.amplitude_contrast < 1,
-    }
-    for flag, ok in checks.items():
-        if not ok:
-            raise input_error(None, flag, f"invalid value {getattr(args, flag[2:].replace('-', '_'))}", "see cryodomain simulate --help")
     return SimulationSettings(
         n_images=args.n_images,
         box=args.box,

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from cryodomain.errors import input_error
-from cryodomain.io.structure import write_structure
-from cryodomain.workflows.distributed import Workers, resolve_device, start, stop
+from cryodomain.io.structure_writer import write_structure
+from cryodomain.workflows.distributed import Processes, resolve_device, start, stop
 from cryodomain.workflows.structures import write_coordinates
 from cryodomain.workflows.trained_run import TrainedRun
 
@@ -62,28 +62,28 @@ def read_latents(path: str | Path, latent_dim: int) -> np.ndarray:
 
 def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    workers = start(device.type)
+    processes = start(device.type)
     try:
-        _structures(args, device, workers)
+        _structures(args, device, processes)
     finally:
-        stop(workers)
+        stop(processes)
 
 
-def _structures(args: argparse.Namespace, device, workers: Workers) -> None:
-    if workers.distributed and device.type == "cuda":
-        device = torch.device("cuda", workers.local_rank)
+def _structures(args: argparse.Namespace, device, processes: Processes) -> None:
+    if processes.distributed and device.type == "cuda":
+        device = torch.device("cuda", processes.local_rank)
     run = TrainedRun.load(args.run, args.checkpoint, device)
     data = run.data
     out = Path(args.outdir)
     if args.z is not None:
         z = read_latents(args.z, run.config.model.latent_dim)
     else:
-        z = run.latent_means(workers=workers)
+        z = run.latent_means(processes=processes)
         if args.indices is not None:
             z = z[read_indices(args.indices, len(z))]
     atoms_of = data.structure if args.full_atom else None
-    coords = write_coordinates(out / "coords.npy", run.model, z, atoms_of=atoms_of, workers=workers)
-    if not workers.is_main:
+    coords = write_coordinates(out / "coords.npy", run.model, z, atoms_of=atoms_of, processes=processes)
+    if not processes.is_main:
         return
     log.info("wrote %s %s", out / "coords.npy", tuple(coords.shape))
     if args.format != "npy":

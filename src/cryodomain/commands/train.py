@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cryodomain.workflows.config import RunConfig, load_config
 from cryodomain.workflows.distributed import (
-    Workers,
+    Processes,
     launched_by_torchrun,
     resolve_device,
     start,
@@ -81,11 +81,11 @@ def main(args: argparse.Namespace) -> None:
     config = load_config(config_path, overrides)
     if args.gpus is not None and args.gpus > 1 and not launched_by_torchrun():
         _relaunch_with_torchrun(args.gpus)
-    workers = start(resolve_device(config.optim.device).type)
+    processes = start(resolve_device(config.optim.device).type)
     try:
-        _train(args, run_dir, config, workers)
+        _train(args, run_dir, config, processes)
     finally:
-        stop(workers)
+        stop(processes)
 
 
 def _relaunch_with_torchrun(n_processes: int) -> None:
@@ -97,8 +97,8 @@ def _relaunch_with_torchrun(n_processes: int) -> None:
     os.execv(sys.executable, command)
 
 
-def _train(args: argparse.Namespace, run_dir: Path, config, workers: Workers) -> None:
-    if not workers.is_main:
+def _train(args: argparse.Namespace, run_dir: Path, config, processes: Processes) -> None:
+    if not processes.is_main:
         # One log for the run: the other processes report only problems.
         logging.getLogger().setLevel(logging.WARNING)
     checkpoint = train(
@@ -109,6 +109,6 @@ def _train(args: argparse.Namespace, run_dir: Path, config, workers: Workers) ->
         resume=args.resume,
         force=args.force,
         downsample_box=args.downsample,
-        workers=workers,
+        processes=processes,
     )
     log.info("done: %s", checkpoint)

@@ -15,6 +15,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from cryodomain.errors import input_error
 
 # Failures of the filesystem that the user fixes (space, quota, permissions), not bugs.
@@ -27,7 +30,9 @@ TEMPORARY_GLOB = ".*.????????.tmp*"
 def write_failure(path: str | Path, error: OSError) -> Exception:
     """The InputError for a failed write of ``path`` (disk full, read-only, no permission)."""
     return input_error(
-        path, None, f"cannot write ({error.strerror or error})",
+        path,
+        None,
+        f"cannot write ({error.strerror or error})",
         "free disk space or choose a writable output folder; files already written are intact",
     )
 
@@ -90,3 +95,21 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
             stale.unlink(missing_ok=True)
             removed.append(stale)
     return removed
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """``numpy.save`` of ``array`` to ``path``, atomically."""
+    with atomic_output(path) as tmp:
+        np.save(tmp, array)
+
+
+def save_indices(path: str | Path, indices: np.ndarray) -> None:
+    """One integer per line (e.g. 0-based particle indices), atomically."""
+    with atomic_output(path) as tmp:
+        np.savetxt(tmp, np.asarray(indices, dtype=np.int64), fmt="%d")
+
+
+def save_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    """A table as CSV without the index column, atomically."""
+    with atomic_output(path) as tmp:
+        frame.to_csv(tmp, index=False)

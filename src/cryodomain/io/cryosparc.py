@@ -71,7 +71,9 @@ def read_cryosparc(path: str | Path, datadir: str | Path | None = None) -> Parti
         missing += [f"alignments3D/{field}" for field in ("pose", "shift") if f"alignments3D/{field}" not in names]
     if missing:
         raise input_error(
-            path, ", ".join(missing), "missing field(s)",
+            path,
+            ", ".join(missing),
+            "missing field(s)",
             "use the particles .cs file of a cryoSPARC refinement (it has poses and CTF)",
         )
     if pose_prefix != "alignments3D":

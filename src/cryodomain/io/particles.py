@@ -87,9 +87,7 @@ class ParticleTable:
             indices = np.flatnonzero(indices)
         indices = indices.astype(np.int64, copy=False)
         changes: dict[str, object] = {
-            field.name: getattr(self, field.name)[indices]
-            for field in fields(self)
-            if isinstance(getattr(self, field.name), np.ndarray)
+            field.name: getattr(self, field.name)[indices] for field in fields(self) if isinstance(getattr(self, field.name), np.ndarray)
         }
         changes["optics_group_names"] = dict(self.optics_group_names)
         if self.extra is not None:
@@ -129,10 +127,20 @@ def check_particle_values(table: ParticleTable, columns: dict[str, str]) -> None
         refuse(attribute, ~np.isfinite(getattr(table, attribute)), "not a finite number", "fix or remove these particles")
     for attribute in ("defocus_u_A", "defocus_v_A"):
         values = getattr(table, attribute)
-        refuse(attribute, ~np.isfinite(values) | (values < 0), "defocus must be a finite value >= 0 Å (underfocus positive)", "fix the CTF values (re-run CTF estimation) or remove these particles")
+        refuse(
+            attribute,
+            ~np.isfinite(values) | (values < 0),
+            "defocus must be a finite value >= 0 Å (underfocus positive)",
+            "fix the CTF values (re-run CTF estimation) or remove these particles",
+        )
     low, high = VOLTAGE_RANGE_KV
     voltage = table.voltage_kv
-    refuse("voltage_kv", ~np.isfinite(voltage) | (voltage < low) | (voltage > high), f"voltage must be between {low:g} and {high:g} kV", "give the acceleration voltage in kV (e.g. 300)")
+    refuse(
+        "voltage_kv",
+        ~np.isfinite(voltage) | (voltage < low) | (voltage > high),
+        f"voltage must be between {low:g} and {high:g} kV",
+        "give the acceleration voltage in kV (e.g. 300)",
+    )
     contrast = table.amplitude_contrast
     refuse("amplitude_contrast", ~np.isfinite(contrast) | (contrast < 0) | (contrast >= 1), "amplitude contrast must be a fraction in [0, 1)", "use e.g. 0.1")
     refuse("spherical_aberration_mm", table.spherical_aberration_mm < 0, "spherical aberration must be >= 0 mm", "give Cs in mm (e.g. 2.7)")
@@ -181,7 +189,9 @@ def resolve_stack_paths(
         if found is None:
             tried = ", ".join(dict.fromkeys(str(candidate) for candidate in candidates))
             raise input_error(
-                metadata_path, field, f"image stack {str(written)!r} not found (tried {tried})",
+                metadata_path,
+                field,
+                f"image stack {str(written)!r} not found (tried {tried})",
                 "pass --datadir with the folder that holds the stacks",
             )
         resolved.append(os.path.abspath(found))

@@ -68,15 +68,19 @@ def read_stack_header(path: str | Path) -> StackHeader:
                 pixel_size_A=float(mrc.voxel_size.x),
             )
             # An interrupted copy or download leaves a file shorter than its header promises.
-            expected_bytes = header.nbytes + int(header.nsymbt) + (
-                stack_header.n_images * stack_header.height * stack_header.width * data_dtype_from_header(header).itemsize
+            expected_bytes = (
+                header.nbytes
+                + int(header.nsymbt)
+                + (stack_header.n_images * stack_header.height * stack_header.width * data_dtype_from_header(header).itemsize)
             )
     except (OSError, ValueError) as error:
         raise input_error(path, None, f"cannot read as an MRC image stack ({error})", "check the file is an MRC stack") from error
     size = Path(path).stat().st_size
     if size < expected_bytes:
         raise input_error(
-            path, None, f"file is truncated ({size} bytes, the header describes {expected_bytes})",
+            path,
+            None,
+            f"file is truncated ({size} bytes, the header describes {expected_bytes})",
             "copy or re-extract the stack again",
         )
     return stack_header
@@ -151,14 +155,18 @@ class ParticleImages:
                 image_shape, first_path = shape, path
             elif shape != image_shape:
                 raise input_error(
-                    path, None, f"images are {shape[0]}x{shape[1]} pixels but {first_path} holds {image_shape[0]}x{image_shape[1]}",
+                    path,
+                    None,
+                    f"images are {shape[0]}x{shape[1]} pixels but {first_path} holds {image_shape[0]}x{image_shape[1]}",
                     "use particles of one box size (one optics group) or re-extract them",
                 )
             indices = self.image_indices[self._path_codes == code]
             bad = indices[(indices < 0) | (indices >= header.n_images)]
             if bad.size:
                 raise input_error(
-                    path, None, f"image index {int(bad[0])} (0-based) is outside the stack of {header.n_images} images",
+                    path,
+                    None,
+                    f"image index {int(bad[0])} (0-based) is outside the stack of {header.n_images} images",
                     "check the particle file points at the right stacks",
                 )
         assert image_shape is not None

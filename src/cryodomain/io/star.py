@@ -98,7 +98,9 @@ def read_star(path: str | Path, datadir: str | Path | None = None) -> ParticleTa
     missing = [column for column in REQUIRED_COLUMNS if column not in merged.columns]
     if missing:
         raise input_error(
-            path, ", ".join(missing), "missing column(s) in the particle table",
+            path,
+            ", ".join(missing),
+            "missing column(s) in the particle table",
             "use the particles .star file of a RELION refinement (it has poses and CTF)",
         )
 
@@ -144,7 +146,10 @@ def read_star(path: str | Path, datadir: str | Path | None = None) -> ParticleTa
     check_particle_values(table, _FILE_COLUMNS)
     logger.info(
         "read %d particles from %s (RELION %s, %d optics group(s))",
-        len(table), path, "3.1+" if optics is not None else "3.0", len(optics_group_names),
+        len(table),
+        path,
+        "3.1+" if optics is not None else "3.0",
+        len(optics_group_names),
     )
     return table
 
@@ -222,7 +227,9 @@ def _read_blocks(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         with_images = [table for table in tables.values() if "rlnImageName" in table.columns]
         if not with_images:
             raise input_error(
-                path, "rlnImageName", "no particle table (data_particles with rlnImageName) found",
+                path,
+                "rlnImageName",
+                "no particle table (data_particles with rlnImageName) found",
                 "give the particles .star file of a RELION refinement",
             )
         particles = with_images[0]
@@ -252,7 +259,9 @@ def _join_optics(path: Path, particles: pd.DataFrame, optics: pd.DataFrame | Non
     unknown = sorted(set(particle_groups.astype(int)) - set(optics_groups.astype(int)))
     if unknown:
         raise input_error(
-            path, "rlnOpticsGroup", f"particles refer to optics group(s) {unknown} absent from data_optics",
+            path,
+            "rlnOpticsGroup",
+            f"particles refer to optics group(s) {unknown} absent from data_optics",
             "fix rlnOpticsGroup or the optics table",
         )
     merged["rlnOpticsGroup"] = particle_groups.astype(np.int64)
@@ -297,7 +306,9 @@ def _parse_image_names(path: Path, image_names: pd.Series) -> tuple[np.ndarray, 
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise input_error(
-            path, "rlnImageName", f"{image_names.iloc[row]!r} in particle row {row + 1} is not of the form <image number from 1>@<stack>",
+            path,
+            "rlnImageName",
+            f"{image_names.iloc[row]!r} in particle row {row + 1} is not of the form <image number from 1>@<stack>",
             "fix the image names",
         )
     return stacks.to_numpy(dtype=str), numbers.to_numpy(dtype=np.int64) - 1
@@ -311,7 +322,9 @@ def _pixel_size(path: Path, table: pd.DataFrame) -> np.ndarray:
         pixel_size_A = _numeric(path, table, "rlnDetectorPixelSize") * 1e4 / _numeric(path, table, "rlnMagnification")
     else:
         raise input_error(
-            path, "rlnImagePixelSize", "pixel size not found",
+            path,
+            "rlnImagePixelSize",
+            "pixel size not found",
             "add rlnImagePixelSize (Å), or rlnDetectorPixelSize (µm) and rlnMagnification",
         )
     if not (np.isfinite(pixel_size_A) & (pixel_size_A > 0)).all():

@@ -40,7 +40,7 @@ class CryoSphere(nn.Module):
         parts: the segmented residue ranges.
         box: image side in pixels (encoder input size).
         n_images: dataset size (used by the non-amortised latent table).
-        latent_dim, encoder_hidden, decoder_hidden, tau, amortized: see METHOD.md.
+        latent_dim, encoder_hidden, decoder_hidden, tau, amortized: see docs/method.md, section 6.
     """
 
     def __init__(
@@ -61,9 +61,7 @@ class CryoSphere(nn.Module):
         self.register_buffer("base_coords", torch.as_tensor(base_coords, dtype=torch.float32))
         self.register_buffer("amplitudes", torch.as_tensor(amplitudes, dtype=torch.float32))
         self.amortized = amortized
-        self.encoder: nn.Module = (
-            Encoder(box * box, latent_dim, encoder_hidden) if amortized else LatentTable(n_images, latent_dim)
-        )
+        self.encoder: nn.Module = Encoder(box * box, latent_dim, encoder_hidden) if amortized else LatentTable(n_images, latent_dim)
         self.segmentation = Segmentation(parts, len(base_coords), tau)
         self.decoder = Decoder(latent_dim, self.segmentation.n_segments, decoder_hidden)
 
@@ -73,9 +71,7 @@ class CryoSphere(nn.Module):
             return self.encoder(images)
         return self.encoder(indices)
 
-    def decode(
-        self, z: Tensor, *, sample_segmentation: bool = True, segmentation_noise: Tensor | None = None, autocast: bool = False
-    ) -> Deformation:
+    def decode(self, z: Tensor, *, sample_segmentation: bool = True, segmentation_noise: Tensor | None = None, autocast: bool = False) -> Deformation:
         """Deformed structures for latents ``z`` ``(B, D)``.
 
         With ``sample_segmentation`` a fresh segmentation is drawn per image (training); without,

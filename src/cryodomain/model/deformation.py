@@ -1,9 +1,9 @@
 """Deformation of the base structure by soft segments.
 
-Each segment ``k`` carries a rotation vector ``w_k`` (radians, axis times angle) and a translation
+Each segment ``k`` carries a rotation vector ``r_k`` (radians, axis times angle) and a translation
 ``t_k`` (Å). Residue ``i`` with memberships ``w_ik`` gets
 
-* the rotation ``Rot_i = E_{K-1} ... E_1 E_0`` with ``E_k = exp(w_ik * w_k)``: segment 0's rotation is
+* the rotation ``Rot_i = E_{K-1} ... E_1 E_0`` with ``E_k = exp(w_ik * r_k)``: segment 0's rotation is
   applied first to the point, segment ``K-1``'s last (matrices left-multiply column vectors);
 * the translation ``T_i = sum_k w_ik t_k``;
 
@@ -19,28 +19,6 @@ from torch import Tensor
 
 # Squared rotation angle below which the angle is taken as 1e-6 rad (its gradient is then 0).
 _SQUARED_ANGLE_FLOOR = 1e-12
-
-
-def compose_in_order(matrices: Tensor) -> Tensor:
-    """Product ``M_{K-1} ... M_1 M_0`` of a sequence of matrices, by pairwise tree reduction.
-
-    ``ceil(log2 K)`` rounds of batched matmuls instead of ``K`` sequential ones; each round
-    multiplies neighbours ``(2j, 2j+1)`` into ``M_{2j+1} M_{2j}``, which keeps the order.
-
-    Args:
-        matrices: ``(..., K, d, d)`` with ``K >= 1``.
-
-    Returns:
-        ``(..., d, d)``.
-    """
-    while matrices.shape[-3] > 1:
-        if matrices.shape[-3] % 2 == 1:
-            # An identity appended at the end is applied last and changes nothing.
-            identity = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
-            identity = identity.expand(*matrices.shape[:-3], 1, *matrices.shape[-2:])
-            matrices = torch.cat([matrices, identity], dim=-3)
-        matrices = matrices[..., 1::2, :, :] @ matrices[..., 0::2, :, :]
-    return matrices[..., 0, :, :]
 
 
 # Quaternions are XYZW (roma's order). The rotation matrix of a quaternion is a quadratic form:
@@ -163,22 +141,22 @@ def compose_quaternion_planes_in_order(planes: Tensor) -> Tensor:
 
 
 def scaled_rotation_planes(memberships: Tensor, rotvecs: Tensor) -> Tensor:
-    """Unit quaternions of ``exp(w_ik w_k)``, the segment rotations scaled by the memberships.
+    """Unit quaternions of ``exp(w_ik r_k)``, the segment rotations scaled by the memberships.
 
-    Memberships are >= 0, so the angle of ``w_ik w_k`` is ``w_ik |w_k|`` and its axis
-    ``u_k = w_k / |w_k|``: the quaternion is ``(sin(a) u_k, cos a)`` with ``a = w_ik |w_k| / 2``,
+    Memberships are >= 0, so the angle of ``w_ik r_k`` is ``w_ik |r_k|`` and its axis
+    ``u_k = r_k / |r_k|``: the quaternion is ``(sin(a) u_k, cos a)`` with ``a = w_ik |r_k| / 2``,
     built from ``(K, B, R)`` planes and one ``(K, B, 3)`` broadcast of the axes.
 
     Args:
         memberships: ``(B, R, K)`` memberships ``w_ik >= 0``.
-        rotvecs: ``(B, K, 3)`` segment rotation vectors ``w_k``, radians.
+        rotvecs: ``(B, K, 3)`` segment rotation vectors ``r_k``, radians.
 
     Returns:
         ``(4, K, B, R)`` XYZW component planes.
     """
     weights = memberships.permute(2, 0, 1).contiguous()  # (K, B, R)
     # The floor keeps the axis and the gradient finite at a zero rotation: there u_k = 0 and the
-    # derivative of sin(a) u_k along w_k is sin(a) / |w_k| = w_ik / 2, as it should be.
+    # derivative of sin(a) u_k along r_k is sin(a) / |r_k| = w_ik / 2, as it should be.
     angles = rotvecs.square().sum(dim=-1).clamp_min(_SQUARED_ANGLE_FLOOR).sqrt()  # (B, K)
     axes = (rotvecs / angles.unsqueeze(-1)).permute(2, 1, 0).unsqueeze(-1)  # (3, K, B, 1)
     half_angles = weights * (0.5 * angles).T.unsqueeze(-1)  # (K, B, R)
@@ -195,9 +173,9 @@ def residue_transforms(memberships: Tensor, rotvecs: Tensor, translations: Tenso
 
     Returns:
         ``(rotations, residue_translations)``: ``(B, R, 3, 3)`` ``Rot_i = E_{K-1} ... E_0`` with
-        ``E_k = exp(w_ik w_k)`` (segment 0 applied first) and ``(B, R, 3)`` Å ``T_i = sum_k w_ik t_k``.
+        ``E_k = exp(w_ik r_k)`` (segment 0 applied first) and ``(B, R, 3)`` Å ``T_i = sum_k w_ik t_k``.
     """
-    # Composed as quaternions (B x R x K of them): the same product as compose_in_order of the
+    # Composed as quaternions (B x R x K of them): the same product as the matrix product (tests/model/test_deformation.py's reference) of the
     # matrices, several times faster; one conversion to matrices at the end.
     residue_planes = compose_quaternion_planes_in_order(scaled_rotation_planes(memberships, rotvecs))  # (4, B, R)
     rotations = quaternion_to_matrix(residue_planes.permute(1, 2, 0))

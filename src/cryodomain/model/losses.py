@@ -28,7 +28,7 @@ _DISTANCE_BLOCK_ENTRIES = 1 << 24
 def correlation_loss(predicted: Tensor, observed: Tensor) -> Tensor:
     """Negative normalised correlation between predicted and observed images.
 
-    ``L = -(1/B) sum_n [sum_p I_np Y_np / ((std Y_n + 1e-5)(std I_n + 1e-5))] / P`` as in METHOD.md
+    ``L = -(1/B) sum_n [sum_p I_np Y_np / ((std Y_n + 1e-5)(std I_n + 1e-5))] / P`` as in docs/method.md, 7
     (the images are not mean-centred; the std is the population std over the pixels).
 
     Args:
@@ -86,11 +86,7 @@ def gaussian_kl(mean: Tensor, std: Tensor, prior_mean: Tensor, prior_std: Tensor
     Returns:
         Scalar: the sum over all elements.
     """
-    kl = (
-        torch.log(prior_std / std)
-        - 0.5
-        + (std.square() + (prior_mean - mean).square()) / (2.0 * prior_std.square())
-    )
+    kl = torch.log(prior_std / std) - 0.5 + (std.square() + (prior_mean - mean).square()) / (2.0 * prior_std.square())
     return kl.sum()
 
 
@@ -101,31 +97,13 @@ def _pair_distances(points: Tensor, pairs: Tensor) -> Tensor:
     return difference.square().sum(dim=-1).clamp_min(_SQUARED_DISTANCE_FLOOR).sqrt()
 
 
-def consecutive_pairs(chain_index: Tensor, residue_number: Tensor) -> Tensor:
-    """Pairs of residues that follow each other in one chain, for :func:`continuity_loss`.
-
-    Args:
-        chain_index: ``(R,)`` int, which chain each residue belongs to.
-        residue_number: ``(R,)`` int, the residue numbers (sequence ids) in file order.
-
-    Returns:
-        ``(P, 2)`` int64 pairs ``(i, i + 1)`` of the same chain whose residue numbers differ by 1.
-    """
-    chain_index = torch.as_tensor(chain_index)
-    residue_number = torch.as_tensor(residue_number)
-    same_chain = chain_index[1:] == chain_index[:-1]
-    next_number = (residue_number[1:] - residue_number[:-1]) == 1
-    first = torch.nonzero(same_chain & next_number).flatten()
-    return torch.stack([first, first + 1], dim=1).to(torch.int64)
-
-
 def continuity_loss(deformed: Tensor, base: Tensor, pairs: Tensor) -> Tensor:
     """Mean squared change of the distances between chain neighbours.
 
     Args:
         deformed: ``(B, R, 3)`` Å deformed residue positions.
         base: ``(R, 3)`` Å residue positions of the base structure S0.
-        pairs: ``(P, 2)`` int64 consecutive residues of one chain (see :func:`consecutive_pairs`).
+        pairs: ``(P, 2)`` int64 consecutive residues of one chain (see :meth:`cryodomain.io.structure.AtomicModel.consecutive_pairs`).
 
     Returns:
         Scalar: mean over the batch and the pairs of ``(||x'_i - x'_j|| - ||x_i - x_j||)^2`` (Å²);

@@ -63,7 +63,9 @@ def _per_segment(values: np.ndarray | None, default: np.ndarray, field: str) -> 
     array = np.asarray(values, dtype=np.float64).reshape(-1)
     if array.shape != default.shape:
         raise input_error(
-            None, f"segmentation {field}", f"has {array.size} values but the part has {default.size} segments",
+            None,
+            f"segmentation {field}",
+            f"has {array.size} values but the part has {default.size} segments",
             "give one value per segment",
         )
     if not np.all(np.isfinite(array)):
@@ -83,7 +85,7 @@ class SegmentPart:
 
     Start values and prior are per segment, in the part's *local* residue index ``0..R_p-1``.
     Any ``prior_*`` left as ``None`` takes the corresponding start value, so by default the prior
-    equals the start values, which by default are the "uniform" ones of METHOD.md (centres
+    equals the start values, which by default are the "uniform" ones of docs/method.md, 5.4 (centres
     ``(k + 1/2) R_p / K`` std 10, widths ``R_p / K`` std 10, logits 0 std 1). To keep a uniform prior
     with custom start values, pass :func:`uniform_centres` / :func:`uniform_widths` / zeros as prior.
 
@@ -200,12 +202,16 @@ class Segmentation(nn.Module):
             indices = part.residue_indices
             if indices.min() < 0 or indices.max() >= self.n_residues:
                 raise input_error(
-                    None, f"segmentation part {part_number}", f"residue positions outside [0, {self.n_residues})",
+                    None,
+                    f"segmentation part {part_number}",
+                    f"residue positions outside [0, {self.n_residues})",
                     "check the residue range against the model",
                 )
             if np.unique(indices).size != indices.size or np.any(residue_part[indices] >= 0):
                 raise input_error(
-                    None, f"segmentation part {part_number}", "overlaps another part or repeats residues",
+                    None,
+                    f"segmentation part {part_number}",
+                    "overlaps another part or repeats residues",
                     "make the parts disjoint",
                 )
             residue_part[indices] = part_number
@@ -313,9 +319,7 @@ class Segmentation(nn.Module):
         return {
             "centres": gaussian_kl(self.centre_mean, self.centre_std, self.prior_centre_mean, self.prior_centre_std),
             "widths": gaussian_kl(self.width_mean, self.width_std, self.prior_width_mean, self.prior_width_std),
-            "proportions": gaussian_kl(
-                self.proportion_mean, self.proportion_std, self.prior_proportion_mean, self.prior_proportion_std
-            ),
+            "proportions": gaussian_kl(self.proportion_mean, self.proportion_std, self.prior_proportion_mean, self.prior_proportion_std),
         }
 
     @torch.no_grad()

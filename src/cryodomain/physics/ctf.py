@@ -101,13 +101,6 @@ def compute_ctf(freqs: Tensor, params: CTFParameters) -> Tensor:
     bfactor = expand(params.bfactor_A2)
 
     # deltaf * s^2, written with kx, ky instead of atan2 (identical, smooth at DC).
-    defocus_s2 = -0.5 * (df_u + df_v) * s2 - 0.5 * (df_u - df_v) * (
-        astig_x * torch.cos(2.0 * angle) + astig_xy * torch.sin(2.0 * angle)
-    )
-    chi = (
-        math.pi * wavelength * defocus_s2
-        + 0.5 * math.pi * cs_A * wavelength**3 * s2 * s2
-        - phase_shift
-        - torch.asin(amplitude)
-    )
+    defocus_s2 = -0.5 * (df_u + df_v) * s2 - 0.5 * (df_u - df_v) * (astig_x * torch.cos(2.0 * angle) + astig_xy * torch.sin(2.0 * angle))
+    chi = math.pi * wavelength * defocus_s2 + 0.5 * math.pi * cs_A * wavelength**3 * s2 * s2 - phase_shift - torch.asin(amplitude)
     return -torch.sin(chi) * torch.exp(-0.25 * bfactor * s2)

@@ -3,7 +3,7 @@
 Conventions (see :mod:`cryodomain.io.poses`): a rotation matrix ``A`` maps model coordinates to
 the view frame, ``y = A @ x``; images are indexed ``[y, x]`` and volumes ``[z, y, x]``; pixel ``k``
 sits at ``(k - N // 2) * apix``. Each pseudo-atom is an isotropic Gaussian of width ``sigma``; the
-projection along z carries no normalisation constant (METHOD.md), and the volume is scaled so that
+projection along z carries no normalisation constant (docs/method.md, 3.1), and the volume is scaled so that
 its line integral along z equals that projection.
 """
 

@@ -28,15 +28,16 @@ import torch
 
 from cryodomain import plots
 from cryodomain.errors import input_error
-from cryodomain.io.atomic import atomic_output
+from cryodomain.io.atomic import save_csv, save_indices, save_npy
 from cryodomain.io.maps import write_map
 from cryodomain.io.star import write_star
-from cryodomain.io.structure import AtomicModel, write_structure
+from cryodomain.io.structure import AtomicModel
+from cryodomain.io.structure_writer import write_structure
 from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.model.losses import correlation_loss
 from cryodomain.physics.render import render_volume
 from cryodomain.progress import progress_bar
-from cryodomain.workflows.distributed import Workers, resolve_device
+from cryodomain.workflows.distributed import Processes, resolve_device
 from cryodomain.workflows.latent import LatentPCA, kmeans_latents, latent_pca, pc_traversal, require_umap, umap_embedding
 from cryodomain.workflows.objective import WEIGHTED_TERMS, model_images, term_weight
 from cryodomain.workflows.run_folder import MetricsLog
@@ -208,8 +209,7 @@ def metric_curves(metrics_path: str | Path, n_pixels: int) -> tuple[np.ndarray, 
     epochs = column("epoch").astype(np.int64)
     losses = {name: column(name) for name in ("total", "correlation")}
     regularisers = {
-        term.name: np.array([term_weight(term, beta, n_pixels) for beta in column(f"beta_{term.name}")]) * column(term.name)
-        for term in WEIGHTED_TERMS
+        term.name: np.array([term_weight(term, beta, n_pixels) for beta in column(f"beta_{term.name}")]) * column(term.name) for term in WEIGHTED_TERMS
     }
     return epochs, losses, regularisers
 
@@ -222,21 +222,6 @@ def example_rows(n_images: int, n_examples: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_output(path) as tmp:
-        np.save(tmp, array)
-
-
-def _save_indices(path: Path, indices: np.ndarray) -> None:
-    with atomic_output(path) as tmp:
-        np.savetxt(tmp, np.asarray(indices, dtype=np.int64), fmt="%d")
-
-
-def _save_csv(path: Path, frame: pd.DataFrame) -> None:
-    with atomic_output(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def _remove_stale(directory: Path, pattern: str, written: list[Path]) -> None:
@@ -286,7 +271,7 @@ def _pca_part(job: _Analysis, outputs: AnalysisOutputs) -> tuple[LatentPCA, list
     """PCA, its spectrum, and a decoded traversal per PC (with end-point maps on request)."""
     z, out, settings = job.z, job.out, job.settings
     pca = latent_pca(z)
-    _save_npy(out / "pca_projections.npy", pca.projections.astype(np.float32))
+    save_npy(out / "pca_projections.npy", pca.projections.astype(np.float32))
     variance = pd.DataFrame(
         {
             "pc": np.arange(1, len(pca.explained_variance) + 1),
@@ -294,7 +279,7 @@ def _pca_part(job: _Analysis, outputs: AnalysisOutputs) -> tuple[LatentPCA, list
             "explained_variance_ratio": pca.explained_variance_ratio,
         }
     )
-    _save_csv(out / "pca_explained_variance.csv", variance)
+    save_csv(out / "pca_explained_variance.csv", variance)
     n_pcs = min(settings.n_pcs, len(pca.explained_variance))
     if n_pcs < settings.n_pcs:
         log.info("the latent space has %d dimension(s): traversing %d PC(s) instead of %d", len(pca.explained_variance), n_pcs, settings.n_pcs)
@@ -304,8 +289,8 @@ def _pca_part(job: _Analysis, outputs: AnalysisOutputs) -> tuple[LatentPCA, list
         directory = out / f"pc{pc + 1}"
         indices = pc_traversal(z, pca, pc, settings.n_points)
         traversals.append(indices)
-        _save_npy(directory / "z.npy", z[indices])
-        _save_indices(directory / "indices.txt", indices)
+        save_npy(directory / "z.npy", z[indices])
+        save_indices(directory / "indices.txt", indices)
         trajectory = directory / f"trajectory{job.suffix}"
         write_structure(trajectory, job.run.data.structure, job.decode(z[indices]), full_atom=settings.full_atom)
         outputs.trajectories.append(trajectory)
@@ -326,9 +311,9 @@ def _kmeans_part(job: _Analysis, outputs: AnalysisOutputs) -> np.ndarray:
     labels, centres = kmeans_latents(z, settings.n_clusters, job.run.config.optim.seed)
     n_clusters = len(centres)
     width = _number_width(n_clusters)
-    _save_npy(kmeans_dir / "labels.npy", labels)
-    _save_npy(kmeans_dir / "centers_z.npy", z[centres])
-    _save_indices(kmeans_dir / "centers_indices.txt", centres)
+    save_npy(kmeans_dir / "labels.npy", labels)
+    save_npy(kmeans_dir / "centers_z.npy", z[centres])
+    save_indices(kmeans_dir / "centers_indices.txt", centres)
     outputs.kmeans_structures = kmeans_dir / f"centers{job.suffix}"
     write_structure(outputs.kmeans_structures, job.run.data.structure, job.decode(z[centres]), full_atom=settings.full_atom)
     for cluster in progress_bar(range(n_clusters), "cluster star files", enabled=settings.progress):
@@ -355,7 +340,7 @@ def _segments_part(job: _Analysis, outputs: AnalysisOutputs) -> tuple[np.ndarray
     structure = job.run.data.structure
     segment, probability = job.run.model.segmentation.hard_assignment()
     outputs.segments_table = job.out / "segments.csv"
-    _save_csv(outputs.segments_table, segment_table(structure, segment, probability))
+    save_csv(outputs.segments_table, segment_table(structure, segment, probability))
     outputs.segments_structure = job.out / f"segments{job.suffix}"
     write_structure(outputs.segments_structure, structure, structure.atom_coords, full_atom=True, bfactors=segment + 1.0)
     return segment, probability
@@ -375,7 +360,7 @@ def _pictures_part(job: _Analysis, outputs: AnalysisOutputs, pca: LatentPCA, tra
     draw("latent_pca.png", plots.latent_density, pca.projections[:, :2], marks, ("PC1", "PC2"), f"latent means of {len(z)} particles")
     if job.settings.umap:
         embedding = umap_embedding(z, run.config.optim.seed)
-        _save_npy(out / "umap.npy", embedding)
+        save_npy(out / "umap.npy", embedding)
         umap_marks = {f"PC{pc + 1} traversal": embedding[indices] for pc, indices in enumerate(traversals)}
         umap_marks["k-means centres"] = embedding[centres]
         draw("latent_umap.png", plots.latent_density, embedding, umap_marks, ("UMAP1", "UMAP2"), f"UMAP of the latent means of {len(z)} particles")
@@ -406,7 +391,7 @@ def analyze_run(
     *,
     checkpoint: str | Path | None = None,
     device: str = "auto",
-    workers: Workers = Workers(),
+    processes: Processes = Processes(),
 ) -> AnalysisOutputs | None:
     """Analyse a trained run into ``out_dir`` (layout in the README, ``cryodomain analyze``).
 
@@ -434,13 +419,19 @@ def analyze_run(
         raise input_error(data.table.source, None, "a latent space analysis needs at least 2 particles", "train on more particles")
     outputs = AnalysisOutputs(out_dir=out, latents=out / "z.npy")
     log.info("latent means of %d particles", len(data.table))
-    z = run.latent_means(batch_size=settings.batch_size, progress=settings.progress, workers=workers)
-    if not workers.is_main:
+    z = run.latent_means(batch_size=settings.batch_size, progress=settings.progress, processes=processes)
+    if not processes.is_main:
         return None
-    _save_npy(outputs.latents, z)
+    save_npy(outputs.latents, z)
     job = _Analysis(
-        run, out, settings, z, structure_suffix(data.structure), data.structure if settings.full_atom else None,
-        settings.volume_box or data.box, settings.volume_pixel_size_A or data.pixel_size_A,
+        run,
+        out,
+        settings,
+        z,
+        structure_suffix(data.structure),
+        data.structure if settings.full_atom else None,
+        settings.volume_box or data.box,
+        settings.volume_pixel_size_A or data.pixel_size_A,
     )
     pca, traversals = _pca_part(job, outputs)
     centres = _kmeans_part(job, outputs)

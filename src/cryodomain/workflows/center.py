@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from cryodomain.io.maps import read_map, write_map
-from cryodomain.io.structure import read_atomic_model, write_structure
+from cryodomain.io.structure import read_atomic_model
+from cryodomain.io.structure_writer import write_structure
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The one configuration object of a training run, validated with pydantic.
 
-Defaults are the published cryoSPHERE defaults (METHOD.md). A YAML file may set any subset of the
+Defaults are the published cryoSPHERE defaults (docs/method.md, 8). A YAML file may set any subset of the
 fields; command-line flags override it; the resolved configuration is written to ``RUN/config.yaml``
 so a run can be repeated exactly. Unknown keys and bad values are input errors.
 """
@@ -126,7 +126,9 @@ def _format_validation_error(error: ValidationError) -> str:
     problem = first["msg"]
     if first["type"] == "extra_forbidden":
         problem = "unknown key"
-    return f"{where}: {problem}" + (f" (got {first['input']!r})" if first["type"] != "extra_forbidden" and "input" in first and not isinstance(first["input"], dict) else "")
+    return f"{where}: {problem}" + (
+        f" (got {first['input']!r})" if first["type"] != "extra_forbidden" and "input" in first and not isinstance(first["input"], dict) else ""
+    )
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:

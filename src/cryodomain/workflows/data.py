@@ -27,7 +27,7 @@ from cryodomain.io.stack import ParticleImages
 from cryodomain.physics.ctf import CTFParameters
 from cryodomain.physics.fourier import fourier_crop, shift_filter
 from cryodomain.physics.imaging import ImageFrame
-from cryodomain.workflows.distributed import ShardedBatches, Workers
+from cryodomain.workflows.distributed import Processes, ShardedBatches
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,12 @@ def batch_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     start_batch: int = 0,
-    workers: Workers = Workers(),
+    processes: Processes = Processes(),
 ) -> DataLoader:
     """Batches of ``dataset``; shuffled with a generator seeded by (seed, epoch) so a resumed run
     sees the same order as an uninterrupted one. ``start_batch`` skips the first batches of that
     order without reading them (a run resumed in the middle of an epoch). With several DDP
-    ``workers``, each process reads its contiguous share of every global batch."""
+    ``processes``, each process reads its contiguous share of every global batch."""
     if shuffle:
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         sampler = RandomSampler(range(len(dataset)), generator=generator)
@@ -148,8 +148,8 @@ def batch_loader(
     batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
     if start_batch:
         batches = list(batches)[start_batch:]
-    if workers.distributed:
-        batches = ShardedBatches(batches, workers)
+    if processes.distributed:
+        batches = ShardedBatches(batches, processes)
     return DataLoader(
         dataset,
         sampler=batches,

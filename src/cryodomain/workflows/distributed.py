@@ -23,7 +23,7 @@ from cryodomain.errors import input_error
 
 
 @dataclass(frozen=True)
-class Workers:
+class Processes:
     """Where this process stands among the training processes."""
 
     rank: int = 0
@@ -53,40 +53,40 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def start(device_type: str) -> Workers:
+def start(device_type: str) -> Processes:
     """Join the process group when launched by torchrun (a no-op for one process)."""
     if not launched_by_torchrun():
-        return Workers()
+        return Processes()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    workers = Workers(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    processes = Processes(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     if device_type == "cuda":
-        torch.cuda.set_device(workers.local_rank)
-    return workers
+        torch.cuda.set_device(processes.local_rank)
+    return processes
 
 
-def stop(workers: Workers) -> None:
-    if workers.distributed and dist.is_initialized():
+def stop(processes: Processes) -> None:
+    if processes.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def share(global_size: int, workers: Workers) -> slice:
+def share(global_size: int, processes: Processes) -> slice:
     """This process's contiguous slice of a global batch of ``global_size`` items."""
-    base, extra = divmod(global_size, workers.world_size)
-    start_row = workers.rank * base + min(workers.rank, extra)
-    return slice(start_row, start_row + base + (1 if workers.rank < extra else 0))
+    base, extra = divmod(global_size, processes.world_size)
+    start_row = processes.rank * base + min(processes.rank, extra)
+    return slice(start_row, start_row + base + (1 if processes.rank < extra else 0))
 
 
 class ShardedBatches(Sampler[list[int]]):
     """Yields this process's share of every global batch of ``batches``."""
 
-    def __init__(self, batches: Sampler[list[int]], workers: Workers):
+    def __init__(self, batches: Sampler[list[int]], processes: Processes):
         self.batches = batches
-        self.workers = workers
+        self.processes = processes
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches:
-            yield batch[share(len(batch), self.workers)]
+            yield batch[share(len(batch), self.processes)]
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -99,23 +99,23 @@ def step_generator(seed: int, epoch: int, step: int, device: torch.device) -> to
     return generator
 
 
-def reduce_sum(values: torch.Tensor, workers: Workers) -> torch.Tensor:
+def reduce_sum(values: torch.Tensor, processes: Processes) -> torch.Tensor:
     """Sum a tensor over all processes (a no-op for one process)."""
-    if workers.distributed:
+    if processes.distributed:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
-def gather_in_order(local: "np.ndarray", workers: Workers) -> "np.ndarray":
+def gather_in_order(local: "np.ndarray", processes: Processes) -> "np.ndarray":
     """Concatenate every process's contiguous share (rank order = particle order), on every process."""
-    if not workers.distributed:
+    if not processes.distributed:
         return local
-    shares: list = [None] * workers.world_size
+    shares: list = [None] * processes.world_size
     dist.all_gather_object(shares, local)
     return np.concatenate(shares)
 
 
-def barrier(workers: Workers) -> None:
-    if workers.distributed:
+def barrier(processes: Processes) -> None:
+    if processes.distributed:
         dist.barrier()

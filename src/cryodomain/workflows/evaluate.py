@@ -20,6 +20,7 @@ import torch
 from cryodomain.errors import input_error
 from cryodomain.io.atomic import atomic_output
 from cryodomain.physics.render import render_volume
+from cryodomain.workflows.distributed import resolve_device
 from cryodomain.workflows.references import (
     RigidLimit,
     best_single_structure,
@@ -30,7 +31,6 @@ from cryodomain.workflows.references import (
     piecewise_rigid_limit,
 )
 from cryodomain.workflows.structures import write_coordinates
-from cryodomain.workflows.distributed import resolve_device
 from cryodomain.workflows.trained_run import TrainedRun
 
 # More conformations than this are shown in contiguous bins in the printed table.
@@ -73,7 +73,9 @@ def load_truth(path: str | Path, n_images: int, n_residues: int) -> tuple[np.nda
     if len(conformation) != n_images:
         raise input_error(path, "conformation", f"{len(conformation)} images but the run has {n_images}", "pass the truth of the simulation the run trained on")
     if coords.shape[1] != n_residues:
-        raise input_error(path, "coords", f"{coords.shape[1]} residues but the run's model has {n_residues}", "use the same residues in simulation and training")
+        raise input_error(
+            path, "coords", f"{coords.shape[1]} residues but the run's model has {n_residues}", "use the same residues in simulation and training"
+        )
     if conformation.size and (conformation.min() < 0 or conformation.max() >= len(coords)):
         raise input_error(path, "conformation", f"indices outside [0, {len(coords)})", "pass the truth.npz written by cryodomain simulate")
     return coords, conformation
@@ -319,4 +321,3 @@ def evaluate_run(
             device=model.base_coords.device,
         )
     return write_report(out, rmsd, conformation, n_conformations, limit, agreement, data.pixel_size_A)
-

@@ -51,9 +51,7 @@ def resolve_parts(config: RunConfig, structure: AtomicModel) -> list[SegmentPart
     """Segment parts as residue index ranges of the structure (the whole model when none are given)."""
     if not config.model.parts:
         if config.model.n_segments > structure.n_residues:
-            raise input_error(
-                None, "model.n_segments", f"{config.model.n_segments} segments for {structure.n_residues} residues", "use fewer segments"
-            )
+            raise input_error(None, "model.n_segments", f"{config.model.n_segments} segments for {structure.n_residues} residues", "use fewer segments")
         return [SegmentPart(np.arange(structure.n_residues), config.model.n_segments)]
     return [_resolve_part(index, part, structure) for index, part in enumerate(config.model.parts)]
 
@@ -110,7 +108,9 @@ def load_training_data(particles: str | Path, structure_path: str | Path, config
         raise input_error(particles, None, "holds no particles", "check the file")
     boxes = np.unique(table.image_size)
     if boxes.size > 1:
-        raise input_error(particles, "rlnImageSize", f"optics groups have different boxes {boxes.tolist()}", "train on one box size (re-extract or split the star file)")
+        raise input_error(
+            particles, "rlnImageSize", f"optics groups have different boxes {boxes.tolist()}", "train on one box size (re-extract or split the star file)"
+        )
     pixel_sizes = np.unique(np.round(table.pixel_size_A, 4))
     if pixel_sizes.size > 1:
         raise input_error(particles, "rlnImagePixelSize", f"optics groups have different pixel sizes {pixel_sizes.tolist()}", "train on one pixel size")

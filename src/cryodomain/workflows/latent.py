@@ -44,7 +44,9 @@ def require_umap():
     try:
         import umap
     except ImportError:
-        raise input_error(None, "--umap", "needs the optional package umap-learn, which is not installed", "pip install umap-learn, or leave out --umap") from None
+        raise input_error(
+            None, "--umap", "needs the optional package umap-learn, which is not installed", "pip install umap-learn, or leave out --umap"
+        ) from None
     return umap
 
 

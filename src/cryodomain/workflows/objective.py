@@ -233,9 +233,7 @@ def compute_losses(
         "widths_kl": segmentation_kl["widths"],
         "proportions_kl": segmentation_kl["proportions"],
         "continuity": continuity_loss(coords, model.base_coords, context.continuity_pairs),
-        "clash": clash_loss(coords, context.clash_pairs, context.clash_cutoff_A)
-        if context.clash_pairs is not None
-        else torch.zeros((), device=coords.device),
+        "clash": clash_loss(coords, context.clash_pairs, context.clash_cutoff_A) if context.clash_pairs is not None else torch.zeros((), device=coords.device),
     }
     with torch.set_grad_enabled(l2_gradient and torch.is_grad_enabled()):
         terms["l2"] = l2_penalty(model.network_modules())

@@ -87,7 +87,9 @@ class RunFolder:
         held = [name for name in RUN_FILES if (self.path / name).exists()]
         if held:
             raise input_error(
-                self.path, None, f"already holds a run ({', '.join(held)})",
+                self.path,
+                None,
+                f"already holds a run ({', '.join(held)})",
                 "pass --resume to continue it, --force to start over, or choose another -o",
             )
 
@@ -172,7 +174,9 @@ class RunFolder:
                 cause = error.__cause__
                 reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(error)
                 raise input_error(
-                    target, None, f"checkpoint not saved ({reason})",
+                    target,
+                    None,
+                    f"checkpoint not saved ({reason})",
                     f"training stopped; {self.last} still holds the previous checkpoint: free disk space and rerun with --resume",
                 ) from cause
         return targets[0]
@@ -197,7 +201,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         return torch.load(path, map_location=device, weights_only=False)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
         raise input_error(
-            path, None, f"cannot be read as a checkpoint ({str(error).splitlines()[0] if str(error) else type(error).__name__})",
+            path,
+            None,
+            f"cannot be read as a checkpoint ({str(error).splitlines()[0] if str(error) else type(error).__name__})",
             "use another checkpoint of the run (checkpoints/epoch_NNNN.pt), or start over with --force",
         ) from error
 
@@ -214,7 +220,9 @@ def check_resumable(state: dict, inputs: dict, path: Path) -> None:
     for key, value in inputs["config"]["model"].items():
         if saved_model.get(key) != value:
             raise input_error(
-                path, f"model.{key}", f"the run was trained with {saved_model.get(key)!r}, this configuration says {value!r}",
+                path,
+                f"model.{key}",
+                f"the run was trained with {saved_model.get(key)!r}, this configuration says {value!r}",
                 "resume with the run's own config.yaml, or start a new run (another -o, or --force)",
             )
     if state.get("position") is not None:
@@ -223,12 +231,16 @@ def check_resumable(state: dict, inputs: dict, path: Path) -> None:
             saved, now = state["config"]["optim"][key], inputs["config"]["optim"][key]
             if saved != now:
                 raise input_error(
-                    path, f"optim.{key}", f"the run stopped inside an epoch with {saved}, this configuration says {now}",
+                    path,
+                    f"optim.{key}",
+                    f"the run stopped inside an epoch with {saved}, this configuration says {now}",
                     "resume with the run's own config.yaml",
                 )
     for key, what in (("n_particles", "particles"), ("n_residues", "residues"), ("box", "box (px)")):
         if key in state and state[key] != inputs[key]:
             raise input_error(
-                path, key, f"the run was trained on {state[key]} {what}, these inputs have {inputs[key]}",
+                path,
+                key,
+                f"the run was trained on {state[key]} {what}, these inputs have {inputs[key]}",
                 "resume with the run's own particles and structure, or start a new run (another -o, or --force)",
             )

@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SimulationSettings:
-    """What to simulate. Lengths in Å, angles in degrees, voltage in kV, Cs in mm."""
+    """What to simulate, checked when made. Lengths in Å, angles in degrees, voltage in kV, Cs in mm.
+
+    Raises:
+        InputError: a value out of range, named by the flag of ``cryodomain simulate`` that sets it.
+    """
 
     n_images: int = 1000
     box: int = 64
@@ -52,6 +56,44 @@ class SimulationSettings:
     amplitude_contrast: float = 0.1
     seed: int = 0
     batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        # Each rule once, for library calls and the command alike; named by the command's flag.
+        checks = {
+            "--n-images": self.n_images > 0,
+            "--box": self.box >= 8,
+            "--apix": self.pixel_size_A > 0,
+            "--snr": self.snr > 0,
+            "--sigma": self.sigma_A > 0,
+            "--defocus-min": 0 < self.defocus_min_A <= self.defocus_max_A,
+            "--max-astigmatism": self.max_astigmatism_A >= 0,
+            "--voltage": self.voltage_kv > 0,
+            "--cs": self.spherical_aberration_mm >= 0,
+            "--max-shift": self.max_shift_A >= 0,
+            "--amplitude-contrast": 0 <= self.amplitude_contrast < 1,
+            "--atoms": self.atoms in ("residue", "all"),
+            "batch_size": self.batch_size > 0,
+        }
+        for flag, ok in checks.items():
+            if not ok:
+                value = getattr(self, _FIELD_OF_FLAG.get(flag, flag))
+                raise input_error(None, flag, f"invalid value {value}", "see cryodomain simulate --help")
+
+
+_FIELD_OF_FLAG = {
+    "--n-images": "n_images",
+    "--box": "box",
+    "--apix": "pixel_size_A",
+    "--snr": "snr",
+    "--sigma": "sigma_A",
+    "--defocus-min": "defocus_min_A",
+    "--max-astigmatism": "max_astigmatism_A",
+    "--voltage": "voltage_kv",
+    "--cs": "spherical_aberration_mm",
+    "--max-shift": "max_shift_A",
+    "--amplitude-contrast": "amplitude_contrast",
+    "--atoms": "atoms",
+}
 
 
 def load_conformations(paths: Sequence[str | Path]) -> list[AtomicModel]:
@@ -170,9 +212,7 @@ def simulate(paths: Sequence[str | Path], out_dir: str | Path, settings: Simulat
     return written
 
 
-def render_particles(
-    conformations: Sequence[AtomicModel], conformation: np.ndarray, table: ParticleTable, settings: SimulationSettings
-) -> np.ndarray:
+def render_particles(conformations: Sequence[AtomicModel], conformation: np.ndarray, table: ParticleTable, settings: SimulationSettings) -> np.ndarray:
     """Noise-free particle images ``(N, box, box)`` float32 for the poses and CTFs of ``table``."""
     frame = ImageFrame.build(settings.box, settings.pixel_size_A, dtype=torch.float64)
     points = [torch.as_tensor(_render_points(model, settings.atoms)[0]) for model in conformations]

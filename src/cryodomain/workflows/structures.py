@@ -13,7 +13,7 @@ from cryodomain.io.structure import AtomicModel
 from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.model.deformation import deform_atoms
 from cryodomain.progress import progress_bar
-from cryodomain.workflows.distributed import Workers, barrier, share
+from cryodomain.workflows.distributed import Processes, barrier, share
 
 
 def decode_batches(
@@ -40,7 +40,7 @@ def decode_batches(
 
 
 def write_coordinates(
-    path: Path, model: CryoSphere, z: np.ndarray, *, atoms_of: AtomicModel | None = None, progress: bool = True, workers: Workers = Workers()
+    path: Path, model: CryoSphere, z: np.ndarray, *, atoms_of: AtomicModel | None = None, progress: bool = True, processes: Processes = Processes()
 ) -> np.ndarray:
     """Decode ``z`` into ``path`` (``.npy`` ``(M, R or A, 3)`` float32), streamed batch by batch;
     returns the file memory-mapped.
@@ -52,23 +52,23 @@ def write_coordinates(
     path = Path(path)
     n_points = atoms_of.n_atoms if atoms_of is not None else model.base_coords.shape[0]
     partial = path.with_name(f".{path.name}.partial.npy")
-    if workers.is_main:
+    if processes.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(z), n_points, 3)).flush()
-    barrier(workers)
+    barrier(processes)
     out = np.load(partial, mmap_mode="r+")
-    mine = share(len(z), workers)
+    mine = share(len(z), processes)
     try:
-        for rows, coords in decode_batches(model, z[mine], atoms_of=atoms_of, progress=progress and workers.is_main):
+        for rows, coords in decode_batches(model, z[mine], atoms_of=atoms_of, progress=progress and processes.is_main):
             out[mine.start + rows.start : mine.start + rows.stop] = coords
         out.flush()
         del out
-        barrier(workers)
-        if workers.is_main:
+        barrier(processes)
+        if processes.is_main:
             os.replace(partial, path)
     except BaseException:
-        if workers.is_main:
+        if processes.is_main:
             partial.unlink(missing_ok=True)
         raise
-    barrier(workers)
+    barrier(processes)
     return np.load(path, mmap_mode="r")

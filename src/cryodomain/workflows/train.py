@@ -25,7 +25,7 @@ from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.progress import progress_bar
 from cryodomain.workflows.config import RunConfig
 from cryodomain.workflows.data import batch_loader, check_pixels, dataset_scale
-from cryodomain.workflows.distributed import Workers, barrier, reduce_sum, resolve_device, share, step_generator
+from cryodomain.workflows.distributed import Processes, barrier, reduce_sum, resolve_device, share, step_generator
 from cryodomain.workflows.inputs import TrainingData, build_model, load_training_data
 from cryodomain.workflows.objective import LOGGED_VALUES, TERM_NAMES, StepContext, betas_at, build_context, compute_losses, weighted_total
 from cryodomain.workflows.optimization import build_optimizer, set_l2_weight, set_learning_rates
@@ -46,7 +46,7 @@ class Trainer:
         data: the run's inputs.
         config: the run's configuration.
         forward: the module called for the pass (the DDP wrapper of ``model``, or ``model``).
-        workers: this process among the training processes.
+        processes: this process among the training processes.
     """
 
     model: CryoSphere
@@ -55,17 +55,17 @@ class Trainer:
     data: TrainingData
     config: RunConfig
     forward: torch.nn.Module
-    workers: Workers = Workers()
+    processes: Processes = Processes()
 
     @classmethod
-    def build(cls, data: TrainingData, config: RunConfig, scale: float, device: torch.device, workers: Workers = Workers()) -> Trainer:
+    def build(cls, data: TrainingData, config: RunConfig, scale: float, device: torch.device, processes: Processes = Processes()) -> Trainer:
         """A fresh model and optimizer for ``data`` (wrapped in DDP when there are several processes)."""
         model = build_model(data, config).to(device)
         optimizer = build_optimizer(model, config)
         forward: torch.nn.Module = model
-        if workers.distributed:
-            forward = DistributedDataParallel(model, device_ids=[workers.local_rank] if device.type == "cuda" else None)
-        return cls(model, optimizer, build_context(model, data, config, scale, device), data, config, forward, workers)
+        if processes.distributed:
+            forward = DistributedDataParallel(model, device_ids=[processes.local_rank] if device.type == "cuda" else None)
+        return cls(model, optimizer, build_context(model, data, config, scale, device), data, config, forward, processes)
 
     @property
     def l2_by_weight_decay(self) -> bool:
@@ -98,11 +98,11 @@ def train_step(
         FloatingPointError: a non-finite loss (the values are attached as ``args[1]``); no update
             is made.
     """
-    config, workers = trainer.config, trainer.workers
+    config, processes = trainer.config, trainer.processes
     check_pixels(batch, trainer.data.table)
     batch_size, n_images = config.optim.batch_size, len(trainer.data.table)
     global_size = min(batch_size, n_images - step * batch_size)
-    rows = share(global_size, workers)
+    rows = share(global_size, processes)
     device = trainer.context.frame.grid.device
     generator = step_generator(config.optim.seed, epoch, step, device)
     noise = (
@@ -111,14 +111,21 @@ def train_step(
     )
     size = len(batch["index"])
     terms = compute_losses(
-        trainer.model, batch, trainer.data.table, trainer.context, betas, noise=noise,
-        batch_weight=size * workers.world_size / global_size, forward=trainer.forward, l2_gradient=not trainer.l2_by_weight_decay,
+        trainer.model,
+        batch,
+        trainer.data.table,
+        trainer.context,
+        betas,
+        noise=noise,
+        batch_weight=size * processes.world_size / global_size,
+        forward=trainer.forward,
+        l2_gradient=not trainer.l2_by_weight_decay,
     )
     # One device sync (and one all-reduce across processes) per step for all the terms.
     local = torch.stack([terms[name].detach().double() * size for name in TERM_NAMES])
     stop_received = stop is not None and stop.received is not None
     flags = torch.tensor([size, stop_received], dtype=torch.float64, device=local.device)
-    reduced = reduce_sum(torch.cat([local, flags]), workers).tolist()
+    reduced = reduce_sum(torch.cat([local, flags]), processes).tolist()
     step_images, stop_requested = reduced[-2], reduced[-1] > 0
     values = dict(zip(TERM_NAMES, (value / step_images for value in reduced[: len(TERM_NAMES)])))
     values["total"] = weighted_total(values, betas, trainer.context.n_pixels)
@@ -155,7 +162,7 @@ def train_epoch(
         betas and seconds), where the run stopped when a process received a signal before the last
         step (else None), and whether any process asked to stop during the last step.
     """
-    config, workers = trainer.config, trainer.workers
+    config, processes = trainer.config, trainer.processes
     start = start or EpochProgress(sums={name: 0.0 for name in LOGGED_VALUES})
     started = time.perf_counter() - start.seconds
     betas = betas_at(config, epoch)
@@ -164,8 +171,15 @@ def train_epoch(
     sums, n_seen = dict(start.sums), start.n_seen
     device = trainer.context.frame.grid.device
     loader = batch_loader(
-        trainer.data.dataset, config.optim.batch_size, shuffle=True, seed=config.optim.seed, epoch=epoch,
-        num_workers=config.optim.num_workers, pin_memory=device.type == "cuda", start_batch=start.step, workers=workers,
+        trainer.data.dataset,
+        config.optim.batch_size,
+        shuffle=True,
+        seed=config.optim.seed,
+        epoch=epoch,
+        num_workers=config.optim.num_workers,
+        pin_memory=device.type == "cuda",
+        start_batch=start.step,
+        processes=processes,
     )
     n_steps = start.step + len(loader)
     # Creating the iterator draws from the torch RNG (DataLoader's base seed); a run resumed inside
@@ -173,7 +187,7 @@ def train_epoch(
     batches = iter(loader)
     if rng_after_loader is not None:
         set_rng_state(rng_after_loader)
-    bar = progress_bar(batches, f"epoch {epoch + 1}/{config.optim.epochs}", enabled=progress and workers.is_main, total=len(loader))
+    bar = progress_bar(batches, f"epoch {epoch + 1}/{config.optim.epochs}", enabled=progress and processes.is_main, total=len(loader))
     trainer.model.train()
     stop_requested = False
     for step, batch in enumerate(bar, start=start.step):
@@ -239,7 +253,7 @@ def train(
     progress: bool = True,
     stop_after_epoch: int | None = None,
     data: TrainingData | None = None,
-    workers: Workers = Workers(),
+    processes: Processes = Processes(),
 ) -> Path:
     """Train (or resume) a run in ``run_dir``; returns the path of the last checkpoint.
 
@@ -260,7 +274,7 @@ def train(
         progress: show progress bars.
         stop_after_epoch: stop after this epoch (its checkpoint written), as an interruption would.
         data: the inputs already read and checked (else read here).
-        workers: this process among the DDP processes; only the main process writes.
+        processes: this process among the DDP processes; only the main process writes.
 
     Raises:
         InputError: bad inputs, a folder holding another run, a checkpoint of another run, a
@@ -274,20 +288,31 @@ def train(
     with collect_log() as preflight:
         if data is None:
             data = load_training_data(particles, structure_path, config, downsample_box)
-    barrier(workers)
-    if workers.is_main and force and not resume:
+    barrier(processes)
+    if processes.is_main and force and not resume:
         folder.clear()
-    with folder.log_file(append=resume, earlier=preflight, enabled=workers.is_main):
-        barrier(workers)
-        return _train(folder, particles, structure_path, config, data, resume, downsample_box, progress, stop_after_epoch, workers)
+    with folder.log_file(append=resume, earlier=preflight, enabled=processes.is_main):
+        barrier(processes)
+        return _train(folder, particles, structure_path, config, data, resume, downsample_box, progress, stop_after_epoch, processes)
 
 
-def _train(folder: RunFolder, particles, structure_path, config: RunConfig, data: TrainingData, resume: bool, downsample_box, progress: bool, stop_after_epoch, workers: Workers) -> Path:
+def _train(
+    folder: RunFolder,
+    particles,
+    structure_path,
+    config: RunConfig,
+    data: TrainingData,
+    resume: bool,
+    downsample_box,
+    progress: bool,
+    stop_after_epoch,
+    processes: Processes,
+) -> Path:
     keep_freed_memory()
     torch.manual_seed(config.optim.seed)
     device = resolve_device(config.optim.device)
-    if device.type == "cuda" and workers.distributed:
-        device = torch.device("cuda", workers.local_rank)
+    if device.type == "cuda" and processes.distributed:
+        device = torch.device("cuda", processes.local_rank)
     inputs = run_inputs(particles, structure_path, config, data, downsample_box)
     state = None
     if resume and folder.last.exists():
@@ -297,7 +322,7 @@ def _train(folder: RunFolder, particles, structure_path, config: RunConfig, data
         log.info("no checkpoint in %s yet: starting from the first epoch", folder.path)
     scale = state["scale"] if state is not None else dataset_scale(data.dataset, config.data.normalization_sample, config.optim.seed)
     inputs["scale"] = scale
-    trainer = Trainer.build(data, config, scale, device, workers)
+    trainer = Trainer.build(data, config, scale, device, processes)
 
     start_epoch, position, saved_rng, saved_epoch = 0, None, None, None
     if state is not None:
@@ -314,7 +339,7 @@ def _train(folder: RunFolder, particles, structure_path, config: RunConfig, data
         log.info("resuming after %s from %s", where, folder.last)
 
     writer = None
-    if workers.is_main:
+    if processes.is_main:
         folder.prepare(config, start_epoch)
         writer = folder.tensorboard()
     epochs = config.optim.epochs
@@ -324,25 +349,29 @@ def _train(folder: RunFolder, particles, structure_path, config: RunConfig, data
                 resumed_inside = position is not None and epoch == start_epoch
                 try:
                     row, stopped_at, stop_requested = train_epoch(
-                        trainer, epoch, stop, start=position if resumed_inside else None,
-                        rng_after_loader=saved_rng if resumed_inside else None, progress=progress,
+                        trainer,
+                        epoch,
+                        stop,
+                        start=position if resumed_inside else None,
+                        rng_after_loader=saved_rng if resumed_inside else None,
+                        progress=progress,
                     )
                 except _NonFinite as error:
                     raise _diverged(folder, error.values, epoch, error.step, saved_epoch) from None
                 if stopped_at is not None:
-                    if workers.is_main:
+                    if processes.is_main:
                         folder.save_checkpoint(checkpoint_state(trainer, epoch, inputs, stopped_at), epoch, mid_epoch=True)
-                    barrier(workers)
+                    barrier(processes)
                     raise interrupted(stop.received or signal.SIGTERM, folder.last, f"step {stopped_at.step} of epoch {epoch + 1}")
                 row = {"epoch": epoch + 1, **row}
-                if workers.is_main:
+                if processes.is_main:
                     folder.metrics.append(row)
                     if writer is not None:
                         for name in LOGGED_VALUES:
                             writer.add_scalar(f"loss/{name}", row[name], epoch + 1)
                     log.info("epoch %d/%d  loss %.6f  correlation %.6f  (%.1f s)", epoch + 1, epochs, row["total"], row["correlation"], row["seconds"])
                     folder.save_checkpoint(checkpoint_state(trainer, epoch + 1, inputs), epoch + 1)
-                barrier(workers)
+                barrier(processes)
                 saved_epoch = epoch + 1
                 if stop_requested and epoch + 1 < epochs:
                     raise interrupted(stop.received or signal.SIGTERM, folder.last, f"epoch {epoch + 1}")
@@ -368,6 +397,8 @@ def _diverged(folder: RunFolder, values: dict[str, float], epoch: int, step: int
     bad = [name for name in TERM_NAMES if not math.isfinite(values[name])] or ["total"]
     kept = f"the last good checkpoint is {folder.last} (epoch {saved_epoch})" if saved_epoch is not None else "no checkpoint was written yet"
     return input_error(
-        folder.path, f"loss term {bad[0]}", f"is {values[bad[0]]} at epoch {epoch + 1}, step {step + 1}",
+        folder.path,
+        f"loss term {bad[0]}",
+        f"is {values[bad[0]]} at epoch {epoch + 1}, step {step + 1}",
         f"training stopped and {kept}; lower optim.lr or set optim.grad_clip in a --config file, then rerun with --resume",
     )

@@ -13,7 +13,7 @@ from cryodomain.errors import input_error
 from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.progress import progress_bar
 from cryodomain.workflows.config import RunConfig
-from cryodomain.workflows.distributed import Workers, gather_in_order, share
+from cryodomain.workflows.distributed import Processes, gather_in_order, share
 from cryodomain.workflows.inputs import TrainingData, build_model, load_training_data
 from cryodomain.workflows.objective import StepContext, build_context
 from cryodomain.workflows.run_folder import load_checkpoint
@@ -74,19 +74,19 @@ class TrainedRun:
         """The forward model's constants as in training (image frame, low-pass, mask, scale)."""
         return build_context(self.model, self.data, self.config, self.scale, self.device)
 
-    def latent_means(self, batch_size: int = 256, progress: bool = True, workers: Workers = Workers()) -> np.ndarray:
+    def latent_means(self, batch_size: int = 256, progress: bool = True, processes: Processes = Processes()) -> np.ndarray:
         """Latent mean of every image, in particle order: ``(N, D)`` float32.
 
         With several processes (torchrun), each encodes a contiguous share of the particles and
         every process gets the whole array back, in particle order.
         """
-        mine = share(len(self.data.table), workers)
+        mine = share(len(self.data.table), processes)
         out = np.empty((mine.stop - mine.start, self.config.model.latent_dim), dtype=np.float32)
         starts = range(mine.start, mine.stop, batch_size)
         with torch.no_grad():
-            for start in progress_bar(starts, "latents", enabled=progress and workers.is_main):
+            for start in progress_bar(starts, "latents", enabled=progress and processes.is_main):
                 batch = self.data.dataset[list(range(start, min(start + batch_size, mine.stop)))]
                 encoder_input, _ = self.context.preprocess(batch["images"].to(self.device), batch["shifts_A"].to(self.device))
                 mean, _ = self.model.encode(encoder_input, batch["index"].to(self.device))
                 out[start - mine.start : start - mine.start + len(mean)] = mean.cpu().numpy()
-        return gather_in_order(out, workers)
+        return gather_in_order(out, processes)
