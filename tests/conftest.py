@@ -1,6 +1,7 @@
 """Shared small data made on the fly: a tiny simulation of the bundled example."""
 
 import pytest
+import torch
 
 from cryodomain.examples import example_structures
 from cryodomain.workflows.simulate import SimulationSettings, simulate
@@ -16,15 +17,28 @@ def tiny_simulation(tmp_path_factory):
     return simulate(list(example_structures()), out, TINY)
 
 
+# Config overrides that make a training run take seconds.
+TINY_OVERRIDES = {
+    "optim.epochs": 2,
+    "optim.batch_size": 16,
+    "optim.lr": 1e-3,
+    "model.n_segments": 3,
+    "model.latent_dim": 2,
+    "model.encoder_hidden": [32, 16],
+    "model.decoder_hidden": [32],
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_config_overrides():
     """Config overrides that make a training run take seconds."""
-    return {
-        "optim.epochs": 2,
-        "optim.batch_size": 16,
-        "optim.lr": 1e-3,
-        "model.n_segments": 3,
-        "model.latent_dim": 2,
-        "model.encoder_hidden": [32, 16],
-        "model.decoder_hidden": [32],
-    }
+    return dict(TINY_OVERRIDES)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny tensors avoid thread contention, and reductions run in one order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

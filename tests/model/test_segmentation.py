@@ -81,15 +81,6 @@ def test_invalid_parts_are_reported_as_input_errors():
         Segmentation([SegmentPart(np.arange(0, 10), 2)], n_residues=8)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread avoids thread contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_many_segments_on_few_residues_stay_finite_under_aggressive_training(one_thread):
     # 20 segments on 30 residues, widths pushed towards collapse: the published code gives NaN here.
     torch.manual_seed(0)

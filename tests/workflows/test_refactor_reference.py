@@ -5,8 +5,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 
 from cryodomain.examples import STATE_A
 from cryodomain.workflows.config import load_config
@@ -14,14 +12,6 @@ from cryodomain.workflows.train import train
 from cryodomain.workflows.trained_run import TrainedRun
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "refactor_reference.npz"
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_two_epochs_give_the_reference_parameters_and_latents(tmp_path, tiny_simulation, tiny_config_overrides, one_thread):
