@@ -32,6 +32,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snr", type=float, default=defaults.snr, help="signal variance / noise variance, inf for no noise (default %(default)s)")
     parser.add_argument("--defocus-min", type=float, default=defaults.defocus_min_A, help="Å (default %(default)s)")
     parser.add_argument("--defocus-max", type=float, default=defaults.defocus_max_A, help="Å (default %(default)s)")
+    parser.add_argument("--max-astigmatism", type=float, default=defaults.max_astigmatism_A, help="defocus U - V uniform in [0, this] Å (default %(default)s)")
     parser.add_argument("--max-shift", type=float, default=defaults.max_shift_A, help="shifts uniform in ±this many Å (default %(default)s)")
     parser.add_argument("--sigma", type=float, default=defaults.sigma_A, help="Gaussian width in Å (default %(default)s)")
     parser.add_argument(
@@ -54,6 +55,7 @@ def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
         snr=args.snr if not math.isinf(args.snr) else math.inf,
         defocus_min_A=args.defocus_min,
         defocus_max_A=args.defocus_max,
+        max_astigmatism_A=args.max_astigmatism,
         max_shift_A=args.max_shift,
         sigma_A=args.sigma,
         atoms=args.atoms,

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from cryodomain.workflows.config import RunConfig, load_config
+from cryodomain.workflows.config import PRESETS, RunConfig, load_config
 from cryodomain.workflows.distributed import (
     Processes,
     launched_by_torchrun,
@@ -39,7 +39,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("particles", help="RELION .star or cryoSPARC .cs file with poses and CTF")
     parser.add_argument("--structure", required=True, help="atomic model (PDB/mmCIF) in the box-centred frame")
     parser.add_argument("-o", "--outdir", required=True, help="run directory")
-    parser.add_argument("--config", help="YAML configuration (see README, Configuration)")
+    parser.add_argument("--config", help="YAML configuration (see README, Configuration); its values override the preset's")
+    parser.add_argument("--preset", choices=PRESETS, help="start from a shipped configuration: paper = the published cryoSPHERE settings")
     parser.add_argument("--datadir", help="directory holding the particle stacks (overrides paths in the star/cs file)")
     parser.add_argument("--epochs", type=int, help=f"number of epochs (default {defaults.optim.epochs})")
     parser.add_argument("--batch-size", type=int, help=f"images per step (default {defaults.optim.batch_size})")
@@ -78,7 +79,9 @@ def main(args: argparse.Namespace) -> None:
         "model.n_segments": args.segments,
         "model.latent_dim": args.latent_dim,
     }
-    config = load_config(config_path, overrides)
+    # A resumed run's config.yaml holds every value: no preset under it.
+    preset = args.preset if config_path != run_dir / "config.yaml" else None
+    config = load_config(config_path, overrides, preset=preset)
     if args.gpus is not None and args.gpus > 1 and not launched_by_torchrun():
         _relaunch_with_torchrun(args.gpus)
     processes = start(resolve_device(config.optim.device).type)

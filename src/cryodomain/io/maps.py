@@ -47,8 +47,11 @@ def read_map(path: str | Path) -> MapFrame:
             voxel = np.array([mrc.voxel_size.x, mrc.voxel_size.y, mrc.voxel_size.z], dtype=np.float64)
             origin = np.array([mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z], dtype=np.float64)
             start = np.array([mrc.header.nxstart, mrc.header.nystart, mrc.header.nzstart], dtype=np.float64)
+            stack = mrc.is_image_stack()
     except (OSError, ValueError) as error:
         raise input_error(path, None, f"not a readable MRC map ({error})", "pass an MRC map (.mrc)") from None
+    if stack:
+        raise input_error(path, "space group", "is an image stack (a .mrcs of particles), not a map", "pass a 3-D map (.mrc)")
     if data.ndim != 3:
         raise input_error(path, None, f"holds a {data.ndim}-D array, not a 3-D map", "pass a 3-D map")
     if np.any(voxel <= 0):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cryodomain.model.deformation import deform_points, residue_transforms
+from cryodomain.model.deformation import deform_points, pivot_translations, residue_transforms
 from cryodomain.model.networks import Decoder, Encoder, LatentTable, sample_latent
 from cryodomain.model.segmentation import Segmentation, SegmentPart
 
@@ -41,6 +41,11 @@ class CryoSphere(nn.Module):
         box: image side in pixels (encoder input size).
         n_images: dataset size (used by the non-amortised latent table).
         latent_dim, encoder_hidden, decoder_hidden, tau, amortized: see docs/method.md, section 6.
+        rotate_about: ``"origin"``: segment rotations are about the box centre (the published
+            model); ``"segment"``: about each segment's centroid, with ``t_k`` its displacement
+            (:func:`~cryodomain.model.deformation.pivot_translations`).
+        encoder_pose: the encoder also sees the pose matrix (9 numbers) of each image.
+        latent_std_scale: scale of the latent posterior's std (1 in the published model).
     """
 
     def __init__(
@@ -56,19 +61,31 @@ class CryoSphere(nn.Module):
         decoder_hidden: Sequence[int] = (512, 512),
         tau: float = 0.05,
         amortized: bool = True,
+        rotate_about: str = "origin",
+        encoder_pose: bool = False,
+        latent_std_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if rotate_about not in ("origin", "segment"):
+            raise ValueError(f"rotate_about must be 'origin' or 'segment', got {rotate_about!r}")
+        self.rotate_about = rotate_about
         self.register_buffer("base_coords", torch.as_tensor(base_coords, dtype=torch.float32))
         self.register_buffer("amplitudes", torch.as_tensor(amplitudes, dtype=torch.float32))
         self.amortized = amortized
-        self.encoder: nn.Module = Encoder(box * box, latent_dim, encoder_hidden) if amortized else LatentTable(n_images, latent_dim)
+        self.encoder_pose = encoder_pose
+        self.encoder: nn.Module = (
+            Encoder(box * box, latent_dim, encoder_hidden, n_extra=9 if encoder_pose else 0, std_scale=latent_std_scale)
+            if amortized
+            else LatentTable(n_images, latent_dim, std_scale=latent_std_scale)
+        )
         self.segmentation = Segmentation(parts, len(base_coords), tau)
         self.decoder = Decoder(latent_dim, self.segmentation.n_segments, decoder_hidden)
 
-    def encode(self, images: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """Latent mean and std ``(B, D)`` from encoder input images ``(B, N, N)`` or image indices ``(B,)``."""
+    def encode(self, images: Tensor, indices: Tensor, poses: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Latent mean and std ``(B, D)`` from encoder input images ``(B, N, N)`` (and poses
+        ``(B, 3, 3)`` when the encoder takes them), or from image indices ``(B,)``."""
         if self.amortized:
-            return self.encoder(images)
+            return self.encoder(images, poses if self.encoder_pose else None)
         return self.encoder(indices)
 
     def decode(self, z: Tensor, *, sample_segmentation: bool = True, segmentation_noise: Tensor | None = None, autocast: bool = False) -> Deformation:
@@ -83,7 +100,10 @@ class CryoSphere(nn.Module):
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=autocast):
             rotvecs, translations = self.decoder(z)
         rotvecs, translations = rotvecs.float(), translations.float()
-        residue_rotations, residue_translations = residue_transforms(memberships, rotvecs, translations)
+        about_origin = translations
+        if self.rotate_about == "segment":
+            about_origin = pivot_translations(memberships, rotvecs, translations, self.base_coords)
+        residue_rotations, residue_translations = residue_transforms(memberships, rotvecs, about_origin)
         coords = deform_points(self.base_coords, residue_rotations, residue_translations)
         return Deformation(coords, residue_rotations, residue_translations, memberships, rotvecs, translations)
 
@@ -96,6 +116,7 @@ class CryoSphere(nn.Module):
         autocast: bool = False,
         *,
         sample: bool = True,
+        poses: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Deformation]:
         """One pass: encode, sample the latent and the segmentation (unless not ``sample``), decode.
 
@@ -110,12 +131,13 @@ class CryoSphere(nn.Module):
             autocast: bfloat16 for the encoder and decoder MLPs on CUDA.
             sample: draw the latent and the segmentation (training); else decode the latent mean
                 with the segmentation means (analysis).
+            poses: ``(B, 3, 3)`` pose matrices, for an encoder that takes them.
 
         Returns:
             latent mean ``(B, D)``, latent std ``(B, D)`` and the deformation.
         """
         with torch.autocast(encoder_input.device.type, dtype=torch.bfloat16, enabled=autocast):
-            mean, std = self.encode(encoder_input, indices)
+            mean, std = self.encode(encoder_input, indices, poses)
         mean, std = mean.float(), std.float()
         if not sample:
             return mean, std, self.decode(mean, sample_segmentation=False, autocast=autocast)

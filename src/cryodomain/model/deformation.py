@@ -14,6 +14,7 @@ centre, where the model is centred). With near one-hot memberships each segment 
 from __future__ import annotations
 
 import numpy as np
+import roma
 import torch
 from torch import Tensor
 
@@ -161,6 +162,30 @@ def scaled_rotation_planes(memberships: Tensor, rotvecs: Tensor) -> Tensor:
     axes = (rotvecs / angles.unsqueeze(-1)).permute(2, 1, 0).unsqueeze(-1)  # (3, K, B, 1)
     half_angles = weights * (0.5 * angles).T.unsqueeze(-1)  # (K, B, R)
     return torch.cat([torch.sin(half_angles) * axes, torch.cos(half_angles).unsqueeze(0)], dim=0)
+
+
+def pivot_translations(memberships: Tensor, rotvecs: Tensor, translations: Tensor, base: Tensor) -> Tensor:
+    """Segment translations that make each segment rotate about its own centre, not the origin.
+
+    With ``c_k`` the membership-weighted centroid of segment ``k`` in the base structure and
+    ``R_k = exp(r_k)``, the translation ``t_k + c_k - R_k c_k`` turns ``x -> R_k x + ...`` into
+    ``x -> R_k (x - c_k) + c_k + t_k``: a rotation step then moves a segment's atoms by its own
+    radius times the angle wherever the segment sits, and ``t_k`` is its centre's displacement.
+
+    Args:
+        memberships: ``(B, R, K)`` memberships ``w_ik >= 0``.
+        rotvecs: ``(B, K, 3)`` segment rotation vectors ``r_k``, radians.
+        translations: ``(B, K, 3)`` segment displacements ``t_k``, Å.
+        base: ``(R, 3)`` Å base structure.
+
+    Returns:
+        ``(B, K, 3)`` Å translations about the origin, for :func:`residue_transforms`.
+    """
+    # Centroids of the segments: sum_i w_ik x_i / sum_i w_ik (an empty segment's centroid is 0).
+    weight = memberships.sum(dim=1).clamp_min(1e-6).unsqueeze(-1)  # (B, K, 1)
+    centres = torch.matmul(memberships.transpose(1, 2), base) / weight  # (B, K, 3)
+    rotated = (roma.rotvec_to_rotmat(rotvecs) * centres.unsqueeze(-2)).sum(dim=-1)  # R_k c_k
+    return translations + centres - rotated
 
 
 def residue_transforms(memberships: Tensor, rotvecs: Tensor, translations: Tensor) -> tuple[Tensor, Tensor]:

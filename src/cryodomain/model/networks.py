@@ -47,45 +47,57 @@ def sample_latent(mean: Tensor, std: Tensor, noise: Tensor | None = None) -> Ten
 
 
 class Encoder(nn.Module):
-    """Amortised posterior ``q(z | Y)``: MLP on the flattened image.
+    """Amortised posterior ``q(z | Y)``: MLP on the flattened image (and, optionally, the pose).
 
     Args:
         n_pixels: ``P = N * N``, the length of a flattened image.
         latent_dim: ``D``.
         hidden: sizes of the hidden layers (LeakyReLU after each).
+        n_extra: inputs appended to the image (9 for a flattened pose matrix; 0 for none).
+        std_scale: the std is ``std_scale * (ELU(.) + 1)``: 1 in the published model; smaller
+            starts the decoder on less latent noise.
     """
 
-    def __init__(self, n_pixels: int, latent_dim: int = 8, hidden: Sequence[int] = (512, 256, 64, 64)) -> None:
+    def __init__(self, n_pixels: int, latent_dim: int = 8, hidden: Sequence[int] = (512, 256, 64, 64), *, n_extra: int = 0, std_scale: float = 1.0) -> None:
         super().__init__()
         self.n_pixels = int(n_pixels)
         self.latent_dim = int(latent_dim)
-        self.network = _mlp(self.n_pixels, hidden, 2 * self.latent_dim)
+        self.n_extra = int(n_extra)
+        self.std_scale = float(std_scale)
+        self.network = _mlp(self.n_pixels + self.n_extra, hidden, 2 * self.latent_dim)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor, extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Posterior parameters of a batch of images.
 
         Args:
             images: ``(B, N, N)`` or ``(B, P)`` images (scaled, masked).
+            extra: ``(B, n_extra)`` more inputs (the pose), when the encoder takes them.
 
         Returns:
-            ``(mean, std)``: ``(B, D)`` each; ``std = ELU(.) + 1 > 0``.
+            ``(mean, std)``: ``(B, D)`` each; ``std = std_scale * (ELU(.) + 1) > 0``.
         """
-        output = self.network(images.reshape(images.shape[0], -1))
+        inputs = images.reshape(images.shape[0], -1)
+        if self.n_extra:
+            inputs = torch.cat([inputs, extra.reshape(images.shape[0], -1).to(inputs.dtype)], dim=1)
+        output = self.network(inputs)
         mean, std_argument = output.split(self.latent_dim, dim=-1)
-        return mean, F.elu(std_argument) + 1.0
+        std = F.elu(std_argument) + 1.0
+        return mean, std if self.std_scale == 1.0 else self.std_scale * std
 
 
 class LatentTable(nn.Module):
-    """Non-amortised posterior: a free mean per image (starting at the prior mean 0), std 1.
+    """Non-amortised posterior: a free mean per image (starting at the prior mean 0), a fixed std.
 
     Args:
         n_images: number of particles in the dataset.
         latent_dim: ``D``.
+        std_scale: the fixed std (1 in the published model).
     """
 
-    def __init__(self, n_images: int, latent_dim: int = 8) -> None:
+    def __init__(self, n_images: int, latent_dim: int = 8, *, std_scale: float = 1.0) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
+        self.std_scale = float(std_scale)
         self.means = nn.Parameter(torch.zeros(int(n_images), self.latent_dim))
 
     def forward(self, indices: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,7 +110,7 @@ class LatentTable(nn.Module):
             ``(mean, std)``: ``(B, D)`` each; ``std`` is all ones.
         """
         mean = self.means[indices]
-        return mean, torch.ones_like(mean)
+        return mean, torch.full_like(mean, self.std_scale)
 
 
 class Decoder(nn.Module):

@@ -77,6 +77,22 @@ class ModelConfig(_Strict):
     parts: list[Part] | None = None
     tau: PositiveFloat = 0.05
     sigma_A: PositiveFloat = 2.0
+    # Start values of the whole model's segmentation (when no parts are given).
+    init: SegmentValues = SegmentValues()
+    rotate_about: Literal["origin", "segment"] = "origin"
+    # What the amortised encoder sees: the image, or its residual against the base model's image
+    # at the known pose and CTF; and whether the pose itself is an input.
+    encoder_input: Literal["image", "residual"] = "image"
+    encoder_pose: bool = False
+    latent_std_scale: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _check_init(self) -> "ModelConfig":
+        for name in ("centres", "widths", "proportions"):
+            listed = getattr(self.init, name)
+            if listed is not None and len(listed) != self.n_segments:
+                raise ValueError(f"init.{name} lists {len(listed)} values for {self.n_segments} segments")
+        return self
 
 
 class LossConfig(_Strict):
@@ -94,6 +110,8 @@ class LossConfig(_Strict):
 class DataConfig(_Strict):
     datadir: str | None = None
     invert_contrast: bool = False
+    # The encoder sees the image translated by its pose shift (centred), not as extracted.
+    centre_encoder_input: bool = False
     lowpass_A: PositiveFloat | None = None
     mask_radius_fraction: float | None = Field(None, gt=0.0, le=1.0)
     normalization_sample: PositiveInt = 1000
@@ -108,6 +126,11 @@ class OptimConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = False
     grad_clip: PositiveFloat | None = None
+    # Learning rates over the run: constant, or a linear warm-up then a cosine decay to
+    # final_lr_fraction of the configured rates.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    final_lr_fraction: float = Field(0.01, ge=0.0, le=1.0)
     num_workers: int = Field(0, ge=0)
 
 
@@ -131,24 +154,47 @@ def _format_validation_error(error: ValidationError) -> str:
     )
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
+# Shipped configurations, by name (``--preset``): the published cryoSPHERE settings.
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "data" / "presets"
+PRESETS = ("paper",)
 
-    ``overrides`` maps dotted names (``"optim.epochs"``) to values, e.g. from CLI flags; ``None``
-    values are ignored.
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise input_error(path, None, f"cannot read config ({error.strerror})", "check the path") from None
+    except yaml.YAMLError as error:
+        raise input_error(path, None, f"not valid YAML ({str(error).splitlines()[0]})", "fix the syntax") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise input_error(path, None, "the config must be a mapping of sections", "see README, Configuration")
+    return loaded or {}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, section by section (nested mappings merged, other values replaced)."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None, *, preset: str | None = None) -> RunConfig:
+    """The run's configuration: defaults, then a preset, then a YAML file, then dotted overrides.
+
+    Args:
+        path: a YAML file setting any subset of the fields (None: none).
+        overrides: dotted names (``"optim.epochs"``) to values, e.g. from CLI flags; ``None``
+            values are ignored.
+        preset: a shipped configuration under the file (``"paper"``: the published settings).
     """
     raw: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise input_error(None, "--preset", f"unknown preset {preset!r}", f"use one of: {', '.join(PRESETS)}")
+        raw = _read_yaml(PRESETS_DIR / f"{preset}.yaml")
     if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except OSError as error:
-            raise input_error(path, None, f"cannot read config ({error.strerror})", "check the path") from None
-        except yaml.YAMLError as error:
-            raise input_error(path, None, f"not valid YAML ({str(error).splitlines()[0]})", "fix the syntax") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise input_error(path, None, "the config must be a mapping of sections", "see README, Configuration")
-        raw = loaded or {}
+        raw = _merge(raw, _read_yaml(Path(path)))
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

@@ -167,11 +167,14 @@ class Preprocessor:
         frame: the detector grid with the run's low-pass and mask (shared with the model's images).
         scale: the dataset-wide Fourier std the images are divided by (:func:`dataset_scale`).
         sign: -1 to invert the contrast of the data, else 1.
+        centre_encoder_input: the encoder sees the image translated by its pose shift (as the
+            loss does), not as extracted.
     """
 
     frame: ImageFrame
     scale: float
     sign: float
+    centre_encoder_input: bool = False
 
     def __call__(self, images: torch.Tensor, shifts_A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ``(B, N, N)`` images and shifts ``(B, 2)`` Å -> (encoder input, target), both ``(B, N, N)``.
@@ -191,6 +194,8 @@ class Preprocessor:
         if mask is not None:
             images = images * mask
             target = target * mask
+        if self.centre_encoder_input:
+            return target, target
         return images, target
 
 

@@ -52,7 +52,8 @@ def resolve_parts(config: RunConfig, structure: AtomicModel) -> list[SegmentPart
     if not config.model.parts:
         if config.model.n_segments > structure.n_residues:
             raise input_error(None, "model.n_segments", f"{config.model.n_segments} segments for {structure.n_residues} residues", "use fewer segments")
-        return [SegmentPart(np.arange(structure.n_residues), config.model.n_segments)]
+        whole = Part(chain="*", n_segments=config.model.n_segments, init=config.model.init)
+        return [_segment_part(np.arange(structure.n_residues), whole)]
     return [_resolve_part(index, part, structure) for index, part in enumerate(config.model.parts)]
 
 
@@ -72,6 +73,11 @@ def _resolve_part(index: int, part: Part, structure: AtomicModel) -> SegmentPart
         raise input_error(structure.source, field, f"no residues of chain {part.chain} in {part.first_residue}..{part.last_residue}", "check the residue range")
     if part.n_segments > indices.size:
         raise input_error(None, f"{field}.n_segments", f"{part.n_segments} segments for {indices.size} residues", "use fewer segments")
+    return _segment_part(indices, part)
+
+
+def _segment_part(indices: np.ndarray, part: Part) -> SegmentPart:
+    """The model's segmentation of residues ``indices`` with ``part``'s segments, start values and prior."""
 
     def values(source, name):
         if source == "uniform" or source is None:
@@ -188,4 +194,7 @@ def build_model(data: TrainingData, config: RunConfig) -> CryoSphere:
         decoder_hidden=config.model.decoder_hidden,
         tau=config.model.tau,
         amortized=config.model.amortized,
+        rotate_about=config.model.rotate_about,
+        encoder_pose=config.model.encoder_pose,
+        latent_std_scale=config.model.latent_std_scale,
     )

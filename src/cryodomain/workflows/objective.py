@@ -100,6 +100,8 @@ class StepContext:
     clash_cutoff_A: float
     # bfloat16 autocast for the encoder and decoder MLPs on CUDA; rendering, CTF and losses stay float32.
     mixed_precision: bool = False
+    # The encoder sees the residual against the base model's image (model.encoder_input).
+    encoder_residual: bool = False
 
     @property
     def frame(self) -> ImageFrame:
@@ -120,7 +122,7 @@ def build_context(model: CryoSphere, data: TrainingData, config: RunConfig, scal
         mask_radius_fraction=config.data.mask_radius_fraction,
         device=device,
     )
-    preprocess = Preprocessor(frame, scale, -1.0 if config.data.invert_contrast else 1.0)
+    preprocess = Preprocessor(frame, scale, -1.0 if config.data.invert_contrast else 1.0, config.data.centre_encoder_input)
     continuity = torch.as_tensor(data.structure.consecutive_pairs(), device=device, dtype=torch.long)
     mode = config.loss.clash_mode
     if mode == "full" and data.structure.n_residues > FULL_CLASH_MAX_RESIDUES:
@@ -138,6 +140,7 @@ def build_context(model: CryoSphere, data: TrainingData, config: RunConfig, scal
         clash_pairs=clash_pairs,
         clash_cutoff_A=config.loss.clash_cutoff_A,
         mixed_precision=config.optim.mixed_precision and device.type == "cuda",
+        encoder_residual=config.model.encoder_input == "residual",
     )
 
 
@@ -157,6 +160,31 @@ class ModelImages:
     deformation: Deformation
     predicted: torch.Tensor
     target: torch.Tensor
+
+
+def encoder_inputs(
+    model: CryoSphere, batch: dict[str, torch.Tensor], table: ParticleTable, context: StepContext
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the encoder sees and what the loss compares, for a batch of B images of N x N pixels.
+
+    Returns:
+        ``(encoder_input, target, ctf)``: ``(B, N, N)``, ``(B, N, N)`` and the ``(B, N, N // 2 + 1)``
+        CTF. With ``context.encoder_residual`` the encoder input is the target minus the base
+        model's image at the image's pose and CTF (least-squares scaled per image): what is left
+        to explain by the motion.
+    """
+    device = context.frame.grid.device
+    images = batch["images"].to(device, non_blocking=True)
+    shifts = batch["shifts_A"].to(device, non_blocking=True)
+    encoder_input, target = context.preprocess(images, shifts)
+    ctf = compute_ctf(context.frame.freqs, ctf_parameters(table, batch["index"].numpy(), device=device))
+    if context.encoder_residual:
+        rotations = batch["rotations"].to(device, non_blocking=True)
+        with torch.no_grad():
+            base = form_images(model.base_coords, model.amplitudes, rotations, context.sigma_A, context.frame, ctf)
+            scale = (base * target).sum(dim=(-2, -1), keepdim=True) / base.square().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+            encoder_input = target - scale * base
+    return encoder_input, target, ctf
 
 
 def model_images(
@@ -183,15 +211,12 @@ def model_images(
         forward: the module to call for the pass (the DDP wrapper of ``model``, or ``model``).
     """
     device = context.frame.grid.device
-    images = batch["images"].to(device, non_blocking=True)
     rotations = batch["rotations"].to(device, non_blocking=True)
-    shifts = batch["shifts_A"].to(device, non_blocking=True)
-    encoder_input, target = context.preprocess(images, shifts)
+    encoder_input, target, ctf = encoder_inputs(model, batch, table, context)
     latent_noise, segmentation_noise = noise if noise is not None else (None, None)
     mean, std, deformation = (forward or model)(
-        encoder_input, batch["index"].to(device), latent_noise, segmentation_noise, context.mixed_precision and sample, sample=sample
+        encoder_input, batch["index"].to(device), latent_noise, segmentation_noise, context.mixed_precision and sample, sample=sample, poses=rotations
     )
-    ctf = compute_ctf(context.frame.freqs, ctf_parameters(table, batch["index"].numpy(), device=device))
     predicted = form_images(deformation.coords, model.amplitudes, rotations, context.sigma_A, context.frame, ctf)
     return ModelImages(mean, std, deformation, predicted, target)
 

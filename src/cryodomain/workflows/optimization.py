@@ -6,6 +6,8 @@ penalty of the network weights is applied as Adam's weight decay (docs/method.md
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from cryodomain.model.cryosphere import CryoSphere
@@ -43,7 +45,23 @@ def set_l2_weight(optimizer: torch.optim.Optimizer, beta_l2: float) -> None:
         group["weight_decay"] = 2.0 * beta_l2 if group["name"] == "weights" else 0.0
 
 
-def set_learning_rates(optimizer: torch.optim.Optimizer, config: RunConfig) -> None:
-    """The configuration's learning rates on every group (the segmentation has its own)."""
+def set_learning_rates(optimizer: torch.optim.Optimizer, config: RunConfig, factor: float = 1.0) -> None:
+    """The configuration's learning rates, times ``factor``, on every group (the segmentation has its own)."""
     for group in optimizer.param_groups:
-        group["lr"] = config.optim.segmentation_lr if group["name"] == "segmentation" else config.optim.lr
+        group["lr"] = factor * (config.optim.segmentation_lr if group["name"] == "segmentation" else config.optim.lr)
+
+
+def learning_rate_factor(config: RunConfig, epoch: float) -> float:
+    """The factor on the configured learning rates at (fractional) ``epoch`` of the run.
+
+    ``constant``: 1. ``cosine``: a linear warm-up from 0 over ``warmup_epochs``, then a cosine
+    from 1 down to ``final_lr_fraction`` at the last epoch.
+    """
+    optim = config.optim
+    if optim.lr_schedule == "constant":
+        return 1.0
+    if epoch < optim.warmup_epochs:
+        return (epoch + 1e-3) / optim.warmup_epochs
+    span = max(optim.epochs - optim.warmup_epochs, 1e-9)
+    progress = min((epoch - optim.warmup_epochs) / span, 1.0)
+    return optim.final_lr_fraction + (1.0 - optim.final_lr_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))

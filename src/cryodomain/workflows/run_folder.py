@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Files that mark a folder as holding a run (another run is not started there without --force).
 RUN_FILES = ("last.pt", "config.yaml", "metrics.csv", "checkpoints")
+# Entries every checkpoint holds (see cryodomain.workflows.train.checkpoint_state).
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "config", "scale", "particles", "structure")
 # The run's log: "time  message" lines.
 LOG_FORMAT = logging.Formatter("%(asctime)s  %(message)s", "%Y-%m-%d %H:%M:%S")
 
@@ -197,15 +199,16 @@ def collect_log() -> Iterator[logging.handlers.MemoryHandler]:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :meth:`RunFolder.save_checkpoint`; InputError when it is not one."""
     path = Path(path)
+    fix = "use another checkpoint of the run (checkpoints/epoch_NNNN.pt), or start over with --force"
     try:
-        return torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=False)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
-        raise input_error(
-            path,
-            None,
-            f"cannot be read as a checkpoint ({str(error).splitlines()[0] if str(error) else type(error).__name__})",
-            "use another checkpoint of the run (checkpoints/epoch_NNNN.pt), or start over with --force",
-        ) from error
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise input_error(path, None, f"cannot be read as a checkpoint ({reason})", fix) from error
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise input_error(path, None, f"is a torch file but not a cryodomain checkpoint (no {', '.join(missing)})", fix)
+    return state
 
 
 def check_resumable(state: dict, inputs: dict, path: Path) -> None:

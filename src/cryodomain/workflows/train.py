@@ -28,7 +28,7 @@ from cryodomain.workflows.data import batch_loader, check_pixels, dataset_scale
 from cryodomain.workflows.distributed import Processes, barrier, reduce_sum, resolve_device, share, step_generator
 from cryodomain.workflows.inputs import TrainingData, build_model, load_training_data
 from cryodomain.workflows.objective import LOGGED_VALUES, TERM_NAMES, StepContext, betas_at, build_context, compute_losses, weighted_total
-from cryodomain.workflows.optimization import build_optimizer, set_l2_weight, set_learning_rates
+from cryodomain.workflows.optimization import build_optimizer, learning_rate_factor, set_l2_weight, set_learning_rates
 from cryodomain.workflows.run_folder import RunFolder, check_resumable, collect_log, load_checkpoint
 from cryodomain.workflows.signals import StopSignals, interrupted
 
@@ -191,6 +191,8 @@ def train_epoch(
     trainer.model.train()
     stop_requested = False
     for step, batch in enumerate(bar, start=start.step):
+        if config.optim.lr_schedule != "constant":
+            set_learning_rates(trainer.optimizer, config, learning_rate_factor(config, epoch + step / n_steps))
         try:
             values, step_images, stop_requested = train_step(trainer, batch, epoch, step, betas, stop=stop)
         except FloatingPointError as error:

@@ -15,7 +15,7 @@ from cryodomain.progress import progress_bar
 from cryodomain.workflows.config import RunConfig
 from cryodomain.workflows.distributed import Processes, gather_in_order, share
 from cryodomain.workflows.inputs import TrainingData, build_model, load_training_data
-from cryodomain.workflows.objective import StepContext, build_context
+from cryodomain.workflows.objective import StepContext, build_context, encoder_inputs
 from cryodomain.workflows.run_folder import load_checkpoint
 
 
@@ -86,7 +86,8 @@ class TrainedRun:
         with torch.no_grad():
             for start in progress_bar(starts, "latents", enabled=progress and processes.is_main):
                 batch = self.data.dataset[list(range(start, min(start + batch_size, mine.stop)))]
-                encoder_input, _ = self.context.preprocess(batch["images"].to(self.device), batch["shifts_A"].to(self.device))
-                mean, _ = self.model.encode(encoder_input, batch["index"].to(self.device))
+                encoder_input, _, _ = encoder_inputs(self.model, batch, self.data.table, self.context)
+                poses = batch["rotations"].to(self.device)
+                mean, _ = self.model.encode(encoder_input, batch["index"].to(self.device), poses)
                 out[start - mine.start : start - mine.start + len(mean)] = mean.cpu().numpy()
         return gather_in_order(out, processes)

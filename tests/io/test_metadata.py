@@ -1,0 +1,92 @@
+"""Reading particle metadata of either kind: the extension picks the reader."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cryodomain.io.metadata as metadata
+from cryodomain.errors import InputError
+from cryodomain.io.metadata import read_particles
+from cryodomain.io.particles import ParticleTable
+from cryodomain.io.stack import write_stack
+from cryodomain.io.star import write_star
+
+
+def table_of(stack: str, n: int) -> ParticleTable:
+    values = np.arange(n, dtype=np.float64)
+    return ParticleTable(
+        image_paths=np.full(n, stack),
+        image_indices=np.arange(n),
+        rotations=np.repeat(np.eye(3)[None], n, axis=0),
+        shifts_A=np.stack([values, 2 * values], axis=-1),
+        defocus_u_A=12000 + 10 * values,
+        defocus_v_A=11000 + 10 * values,
+        defocus_angle_rad=values / 7,
+        voltage_kv=np.full(n, 300.0),
+        spherical_aberration_mm=np.full(n, 2.7),
+        amplitude_contrast=np.full(n, 0.07),
+        phase_shift_rad=np.zeros(n),
+        bfactor_A2=np.zeros(n),
+        pixel_size_A=np.full(n, 1.4),
+        image_size=np.full(n, 8),
+        optics_group=np.ones(n, dtype=np.int64),
+        optics_group_names={1: "opticsGroup1"},
+        source="test",
+    )
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Record which reader read_particles calls, with which arguments."""
+    calls = []
+    for name in ("read_star", "read_cryosparc"):
+        monkeypatch.setattr(metadata, name, lambda path, datadir=None, name=name: calls.append((name, str(path), datadir)) or name)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "filename, reader",
+    [("p.star", "read_star"), ("P.STAR", "read_star"), ("run.data.star", "read_star"), ("p.cs", "read_cryosparc"), ("J5.CS", "read_cryosparc")],
+)
+def test_the_extension_picks_the_reader_and_datadir_is_passed_on(tmp_path, spies, filename, reader):
+    assert read_particles(tmp_path / filename, datadir="stacks") == reader
+    assert spies == [(reader, str(tmp_path / filename), "stacks")]
+
+
+def test_a_star_file_is_read_through_the_dispatcher(tmp_path):
+    write_stack(tmp_path / "s.mrcs", np.zeros((3, 8, 8), np.float32), 1.4)
+    table = table_of(str(tmp_path / "s.mrcs"), 3)
+    write_star(tmp_path / "particles.star", table)
+    back = read_particles(tmp_path / "particles.star")
+    assert len(back) == 3 and back.image_paths.tolist() == [str(tmp_path / "s.mrcs")] * 3
+    np.testing.assert_allclose(back.defocus_u_A, table.defocus_u_A)
+    np.testing.assert_allclose(back.shifts_A, table.shifts_A, atol=1e-5)
+    np.testing.assert_allclose(back.amplitude_contrast, 0.07)
+
+
+@pytest.mark.parametrize("name", ["folder", "folder.star", "folder.cs"])
+def test_a_folder_is_refused_whatever_its_name(tmp_path, spies, name):
+    (tmp_path / name).mkdir()
+    with pytest.raises(InputError, match=f"{name}: is a folder, not a particle file"):
+        read_particles(tmp_path / name)
+    assert spies == []
+
+
+@pytest.mark.parametrize("name, shown", [("p.txt", "'.txt'"), ("particles", "'(no extension)'"), ("p.star.bak", "'.bak'")])
+def test_an_unknown_extension_is_an_input_error_naming_it(tmp_path, spies, name, shown):
+    (tmp_path / name).write_text("")
+    with pytest.raises(InputError, match=re.escape(f"{name}: unknown particle file type {shown}; give a RELION .star or a cryoSPARC .cs file")):
+        read_particles(tmp_path / name)
+    assert spies == []
+
+
+def test_importing_the_particle_table_does_not_import_the_readers():
+    code = "import json, sys; import cryodomain.io.particles; print(json.dumps(sorted(m for m in sys.modules if m.startswith('cryodomain'))))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+    assert "cryodomain.io.particles" in loaded
+    assert "cryodomain.io.star" not in loaded and "cryodomain.io.cryosparc" not in loaded
+    assert not any(name.startswith("cryodomain.workflows") for name in loaded)
