@@ -5,6 +5,7 @@ from cryodomain.model.deformation import (
     compose_quaternion_planes_in_order,
     deform_atoms,
     deform_points,
+    pivot_translations,
     quaternion_to_matrix,
     residue_transforms,
     scaled_rotation_planes,
@@ -62,6 +63,24 @@ def test_one_hot_segmentation_moves_each_segment_rigidly():
         points = base[segment_of_residue == k]
         expected = torch.einsum("bij,rj->bri", segment_rotations[:, k], points) + shifts[:, k, None, :]
         torch.testing.assert_close(deformed[:, segment_of_residue == k], expected)
+
+
+def test_pivot_translations_rotate_each_segment_about_its_own_centroid():
+    base = torch.randn(12, 3, generator=generator(), dtype=torch.float64) * 10 + 30.0
+    segment_of_residue = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2])
+    memberships = one_hot_memberships(segment_of_residue, 3, 2)
+    rotvecs = torch.randn(2, 3, 3, generator=generator(2), dtype=torch.float64)
+    shifts = torch.randn(2, 3, 3, generator=generator(3), dtype=torch.float64) * 5
+    rotations, translations = residue_transforms(memberships, rotvecs, pivot_translations(memberships, rotvecs, shifts, base))
+    deformed = deform_points(base, rotations, translations)
+    segment_rotations = roma.rotvec_to_rotmat(rotvecs)
+    for k in range(3):
+        points = base[segment_of_residue == k]
+        centre = points.mean(dim=0)
+        # x -> R (x - c) + c + t: the centroid moves by t exactly, whatever the rotation.
+        expected = torch.einsum("bij,rj->bri", segment_rotations[:, k], points - centre) + centre + shifts[:, k, None, :]
+        torch.testing.assert_close(deformed[:, segment_of_residue == k], expected)
+        torch.testing.assert_close(deformed[:, segment_of_residue == k].mean(dim=1), centre + shifts[:, k])
 
 
 def test_tree_product_equals_sequential_product_for_every_segment_count():

@@ -1,17 +1,39 @@
 import pytest
 
 from cryodomain.errors import InputError
-from cryodomain.workflows.config import RunConfig, load_config, save_config
+from cryodomain.workflows.config import PRESETS, RunConfig, load_config, save_config, with_epochs_for
 
 
-def test_defaults_are_the_published_ones():
-    config = RunConfig()
-    assert config.optim.lr == 3e-5 and config.optim.segmentation_lr == 3e-4
+def test_the_paper_preset_holds_the_published_settings():
+    config = load_config(None, preset="paper")
+    assert config.optim.lr == 3e-5 and config.optim.segmentation_lr == 3e-4 and config.optim.lr_schedule == "constant"
     assert config.optim.batch_size == 128 and config.optim.epochs == 300
+    assert config.model.rotate_about == "origin" and config.model.encoder_input == "image" and not config.model.encoder_pose
+    assert config.model.latent_std_scale == 1.0 and config.model.init.centre_std == 10.0 and config.model.init.width_std == 10.0
+    assert config.data.lowpass_A is None and not config.data.centre_encoder_input
     assert config.model.n_segments == 20 and config.model.latent_dim == 8 and config.model.tau == 0.05
     assert config.model.encoder_hidden == [512, 256, 64, 64] and config.model.decoder_hidden == [512, 512]
     assert config.loss.latent_kl.kind == "linear" and config.loss.proportions_kl.kind == "cyclical"
     assert config.loss.continuity.value == 0.1 and config.loss.clash.value == 0.1 and config.loss.l2.value == 1e-6
+
+
+def test_a_file_and_flags_override_the_preset(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 0.001\n")
+    config = load_config(path, {"optim.epochs": 9}, preset="paper")
+    assert config.optim.lr == 0.001 and config.optim.epochs == 9 and config.optim.batch_size == 128
+    with pytest.raises(InputError, match="--preset"):
+        load_config(None, preset="fast")
+    assert PRESETS == ("paper",)
+
+
+def test_default_epochs_follow_the_data_size():
+    config = RunConfig()
+    assert config.optim.epochs is None
+    assert with_epochs_for(config, 5000).optim.epochs == 80
+    assert with_epochs_for(config, 100).optim.epochs == 300
+    assert with_epochs_for(config, 1_000_000).optim.epochs == 10
+    assert with_epochs_for(load_config(None, {"optim.epochs": 7}), 5000).optim.epochs == 7
 
 
 def test_yaml_then_flags_override(tmp_path):

@@ -166,3 +166,15 @@ def test_build_context_takes_the_frame_scale_and_pairs_from_config_and_data(setu
     with torch.no_grad():
         terms = compute_losses(setup.model, setup.batch, data.table, context, {term.name: 1.0 for term in WEIGHTED_TERMS}, noise=setup.noise)
     assert float(terms["clash"]) == 0.0 and float(terms["continuity"]) > 0
+
+
+def test_coarse_to_fine_lowpass_moves_linearly_in_frequency_and_then_stays():
+    from cryodomain.workflows.objective import lowpass_at
+
+    config = load_config(None, {"data.lowpass_A": 10.0, "data.lowpass_final_A": 5.0, "data.lowpass_fraction": 0.5, "optim.epochs": 20})
+    assert lowpass_at(config, 0) == pytest.approx(10.0)
+    # Halfway through the ramp (epoch 5 of 10): frequency 0.15 /Å, resolution 1 / 0.15.
+    assert lowpass_at(config, 5) == pytest.approx(1 / 0.15)
+    assert lowpass_at(config, 10) == pytest.approx(5.0) and lowpass_at(config, 19) == pytest.approx(5.0)
+    assert lowpass_at(config) == pytest.approx(5.0)
+    assert lowpass_at(load_config(None, {"data.lowpass_A": 8.0, "optim.epochs": 3}), 1) == 8.0

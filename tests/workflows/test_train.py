@@ -152,3 +152,15 @@ def test_full_clash_switches_to_neighbour_pairs_above_the_threshold(tiny_simulat
     torch.testing.assert_close(context.clash_pairs, clash_pairs_light(model.base_coords))
     assert context.clash_pairs.shape[0] < n * 20
     assert any("neighbour pairs" in record.getMessage() for record in caplog.records)
+
+
+def test_cosine_learning_rates_warm_up_then_decay_to_the_final_fraction():
+    from cryodomain.workflows.optimization import learning_rate_factor
+
+    config = load_config(None, {"optim.lr_schedule": "cosine", "optim.warmup_epochs": 2, "optim.final_lr_fraction": 0.1, "optim.epochs": 12})
+    assert learning_rate_factor(config, 0.0) < 0.01 and learning_rate_factor(config, 1.0) == pytest.approx(0.5, abs=1e-3)
+    assert learning_rate_factor(config, 2.0) == pytest.approx(1.0)
+    # Halfway through the decay (epoch 7 of 2..12): the mean of 1 and the final fraction.
+    assert learning_rate_factor(config, 7.0) == pytest.approx(0.55)
+    assert learning_rate_factor(config, 12.0) == pytest.approx(0.1)
+    assert learning_rate_factor(load_config(None, {"optim.epochs": 5}), 3.0) == 1.0

@@ -42,7 +42,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML configuration (see README, Configuration); its values override the preset's")
     parser.add_argument("--preset", choices=PRESETS, help="start from a shipped configuration: paper = the published cryoSPHERE settings")
     parser.add_argument("--datadir", help="directory holding the particle stacks (overrides paths in the star/cs file)")
-    parser.add_argument("--epochs", type=int, help=f"number of epochs (default {defaults.optim.epochs})")
+    parser.add_argument("--epochs", type=int, help="number of epochs (default: from the number of particles, 80 for 5000)")
     parser.add_argument("--batch-size", type=int, help=f"images per step (default {defaults.optim.batch_size})")
     parser.add_argument("--segments", type=int, help=f"segments of the whole model (default {defaults.model.n_segments})")
     parser.add_argument("--latent-dim", type=int, help=f"latent dimension (default {defaults.model.latent_dim})")

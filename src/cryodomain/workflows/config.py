@@ -113,12 +113,23 @@ class DataConfig(_Strict):
     # The encoder sees the image translated by its pose shift (centred), not as extracted.
     centre_encoder_input: bool = False
     lowpass_A: PositiveFloat | None = None
+    # Coarse to fine: the low-pass moves (linearly in frequency) from lowpass_A to this resolution
+    # over the first lowpass_fraction of the epochs, then stays; None keeps lowpass_A throughout.
+    lowpass_final_A: PositiveFloat | None = None
+    lowpass_fraction: float = Field(0.75, gt=0.0, le=1.0)
     mask_radius_fraction: float | None = Field(None, gt=0.0, le=1.0)
     normalization_sample: PositiveInt = 1000
 
 
+# Image passes of a default run (epochs x particles): 5000 particles at 64 px train 80 epochs,
+# about 15 minutes on 2 CPU cores (benchmarks/RESULTS.md); never fewer than MIN_AUTO_EPOCHS.
+DEFAULT_IMAGE_PASSES = 400_000
+MIN_AUTO_EPOCHS, MAX_AUTO_EPOCHS = 10, 300
+
+
 class OptimConfig(_Strict):
-    epochs: PositiveInt = 300
+    # None: chosen from the number of particles when training starts (see with_epochs_for).
+    epochs: PositiveInt | None = None
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 3e-5
     segmentation_lr: PositiveFloat = 3e-4
@@ -141,6 +152,15 @@ class RunConfig(_Strict):
     loss: LossConfig = LossConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
+
+
+def with_epochs_for(config: RunConfig, n_images: int) -> RunConfig:
+    """``config`` with ``optim.epochs`` set from the data size when it is None (the default):
+    ``DEFAULT_IMAGE_PASSES / n_images`` epochs, between ``MIN_AUTO_EPOCHS`` and ``MAX_AUTO_EPOCHS``."""
+    if config.optim.epochs is not None:
+        return config
+    epochs = int(min(max(round(DEFAULT_IMAGE_PASSES / max(n_images, 1)), MIN_AUTO_EPOCHS), MAX_AUTO_EPOCHS))
+    return config.model_copy(update={"optim": config.optim.model_copy(update={"epochs": epochs})})
 
 
 def _format_validation_error(error: ValidationError) -> str:

@@ -8,6 +8,7 @@ a term means a row here and its value in :func:`compute_losses`. The terms: docs
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from cryodomain.model.losses import (
     latent_kl,
 )
 from cryodomain.physics.ctf import compute_ctf
+from cryodomain.physics.fourier import lowpass_filter
 from cryodomain.physics.imaging import ImageFrame, form_images
 from cryodomain.workflows.config import RunConfig
 from cryodomain.workflows.data import Preprocessor, ctf_parameters
@@ -112,13 +114,35 @@ class StepContext:
         return self.frame.n_pixels
 
 
+def lowpass_at(config: RunConfig, epoch: float | None = None) -> float | None:
+    """The low-pass resolution (Å) at ``epoch``, or at the end of training when None.
+
+    Coarse to fine when ``data.lowpass_final_A`` is set: linear in frequency from ``lowpass_A`` to
+    it over the first ``lowpass_fraction`` of the epochs.
+    """
+    start, final = config.data.lowpass_A, config.data.lowpass_final_A
+    if start is None or final is None:
+        return start
+    progress = 1.0 if epoch is None else min(epoch / (config.data.lowpass_fraction * config.optim.epochs), 1.0)
+    return 1.0 / ((1.0 - progress) / start + progress / final)
+
+
+def context_at(context: StepContext, config: RunConfig, epoch: int) -> StepContext:
+    """``context`` with the low-pass filter of ``epoch`` (the same object when it does not change)."""
+    resolution = lowpass_at(config, epoch)
+    if config.data.lowpass_final_A is None or resolution is None:
+        return context
+    frame = dataclasses.replace(context.frame, lowpass=lowpass_filter(context.frame.freqs, resolution))
+    return dataclasses.replace(context, preprocess=dataclasses.replace(context.preprocess, frame=frame))
+
+
 def build_context(model: CryoSphere, data: TrainingData, config: RunConfig, scale: float, device: torch.device) -> StepContext:
-    """The run's :class:`StepContext`: image frame with the configured low-pass and mask, data scale,
-    continuity pairs, and clash pairs (all pairs, neighbour pairs, or none)."""
+    """The run's :class:`StepContext` at the end of training: image frame with the configured (final)
+    low-pass and mask, data scale, continuity pairs, and clash pairs (all, neighbours, or none)."""
     frame = ImageFrame.build(
         data.box,
         data.pixel_size_A,
-        lowpass_A=config.data.lowpass_A,
+        lowpass_A=lowpass_at(config),
         mask_radius_fraction=config.data.mask_radius_fraction,
         device=device,
     )

@@ -23,11 +23,11 @@ from cryodomain.allocator import keep_freed_memory
 from cryodomain.errors import InputError, input_error
 from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.progress import progress_bar
-from cryodomain.workflows.config import RunConfig
+from cryodomain.workflows.config import RunConfig, with_epochs_for
 from cryodomain.workflows.data import batch_loader, check_pixels, dataset_scale
 from cryodomain.workflows.distributed import Processes, barrier, reduce_sum, resolve_device, share, step_generator
 from cryodomain.workflows.inputs import TrainingData, build_model, load_training_data
-from cryodomain.workflows.objective import LOGGED_VALUES, TERM_NAMES, StepContext, betas_at, build_context, compute_losses, weighted_total
+from cryodomain.workflows.objective import LOGGED_VALUES, TERM_NAMES, StepContext, betas_at, build_context, compute_losses, context_at, weighted_total
 from cryodomain.workflows.optimization import build_optimizer, learning_rate_factor, set_l2_weight, set_learning_rates
 from cryodomain.workflows.run_folder import RunFolder, check_resumable, collect_log, load_checkpoint
 from cryodomain.workflows.signals import StopSignals, interrupted
@@ -66,6 +66,10 @@ class Trainer:
         if processes.distributed:
             forward = DistributedDataParallel(model, device_ids=[processes.local_rank] if device.type == "cuda" else None)
         return cls(model, optimizer, build_context(model, data, config, scale, device), data, config, forward, processes)
+
+    def __post_init__(self) -> None:
+        # The context of the end of training; train_epoch swaps in each epoch's low-pass.
+        self.base_context = self.context
 
     @property
     def l2_by_weight_decay(self) -> bool:
@@ -163,6 +167,7 @@ def train_epoch(
         step (else None), and whether any process asked to stop during the last step.
     """
     config, processes = trainer.config, trainer.processes
+    trainer.context = context_at(trainer.base_context, config, epoch)
     start = start or EpochProgress(sums={name: 0.0 for name in LOGGED_VALUES})
     started = time.perf_counter() - start.seconds
     betas = betas_at(config, epoch)
@@ -290,6 +295,9 @@ def train(
     with collect_log() as preflight:
         if data is None:
             data = load_training_data(particles, structure_path, config, downsample_box)
+        if config.optim.epochs is None:
+            config = with_epochs_for(config, len(data.table))
+            log.info("optim.epochs not set: %d epochs for %d particles", config.optim.epochs, len(data.table))
     barrier(processes)
     if processes.is_main and force and not resume:
         folder.clear()
