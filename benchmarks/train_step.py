@@ -178,7 +178,11 @@ class OurStep:
         self.table = particle_table(inputs)
         box = int(inputs["box"])
         self.config = RunConfig.model_validate(
-            {"model": {"n_segments": segments}, "loss": {"clash_mode": clash}, "optim": {"batch_size": len(self.table), "device": device.type}}
+            {
+                "model": {"n_segments": segments},
+                "loss": {"clash_mode": clash},
+                "optim": {"batch_size": len(self.table), "device": device.type, "epochs": 2 * BENCH_EPOCH},
+            }
         )
         data = TrainingData(self.table, structure, box, float(inputs["pixel_size_A"]), dataset=None)
         self.trainer = Trainer.build(data, self.config, 1.0, device)

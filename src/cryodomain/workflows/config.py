@@ -80,6 +80,8 @@ class ModelConfig(_Strict):
     # Start values of the whole model's segmentation (when no parts are given).
     init: SegmentValues = SegmentValues()
     rotate_about: Literal["origin", "segment"] = "origin"
+    # Learn the segmentation's variational stds (else they stay at their start values, init.*_std).
+    learn_segment_stds: bool = True
     # What the amortised encoder sees: the image, or its residual against the base model's image
     # at the known pose and CTF; and whether the pose itself is an input.
     encoder_input: Literal["image", "residual"] = "image"

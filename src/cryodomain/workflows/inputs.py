@@ -183,7 +183,7 @@ def _check_header_pixel_sizes(particles: str | Path, table: ParticleTable, datas
 
 
 def build_model(data: TrainingData, config: RunConfig) -> CryoSphere:
-    return CryoSphere(
+    model = CryoSphere(
         data.structure.coords,
         data.structure.amplitudes,
         resolve_parts(config, data.structure),
@@ -198,3 +198,8 @@ def build_model(data: TrainingData, config: RunConfig) -> CryoSphere:
         encoder_pose=config.model.encoder_pose,
         latent_std_scale=config.model.latent_std_scale,
     )
+    if not config.model.learn_segment_stds:
+        for name, parameter in model.segmentation.named_parameters():
+            if name.endswith("_std_raw"):
+                parameter.requires_grad_(False)
+    return model

@@ -28,7 +28,7 @@ def build_optimizer(model: CryoSphere, config: RunConfig) -> torch.optim.Optimiz
         [
             {"params": weights, "lr": config.optim.lr, "name": "weights"},
             {"params": biases, "lr": config.optim.lr, "name": "biases"},
-            {"params": list(model.segmentation.parameters()), "lr": config.optim.segmentation_lr, "name": "segmentation"},
+            {"params": [p for p in model.segmentation.parameters() if p.requires_grad], "lr": config.optim.segmentation_lr, "name": "segmentation"},
         ],
         fused=fused or None,
     )
