@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cryodomain.errors import InputError
-from cryodomain.examples import SOURCE_STRUCTURE
+from cryodomain.examples import SOURCE_STRUCTURE, STATE_A
 from cryodomain.io.structure import (
     AtomicModel,
     center_of_residues,
@@ -353,3 +353,14 @@ def test_microheterogeneity_keeps_the_first_residue(tmp_path):
     model = read_atomic_model(path)
     assert model.residue_names.tolist() == ["GLY", "ASP"]
     np.testing.assert_allclose(model.coords[1], [3.8, 0, 0])
+
+
+def test_electron_centroids_weight_each_atom_by_its_electrons():
+    model = read_atomic_model(STATE_A)
+    centroids = model.electron_centroids()
+    first = model.atom_residue_index == 0
+    expected = (model.atom_coords[first] * model.atom_electrons[first, None]).sum(axis=0) / model.atom_electrons[first].sum()
+    np.testing.assert_allclose(centroids[0], expected)
+    # A side chain pulls the density off the CA: by about 1-3 Å for most residues.
+    offsets = np.linalg.norm(centroids - model.coords, axis=1)
+    assert centroids.shape == (model.n_residues, 3) and 0.5 < np.median(offsets) < 4.0

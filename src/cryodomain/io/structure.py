@@ -88,6 +88,14 @@ class AtomicModel:
         first = np.nonzero(same_chain & next_number)[0].astype(np.int64)
         return np.stack([first, first + 1], axis=1)
 
+    def electron_centroids(self) -> np.ndarray:
+        """``(R, 3)`` float64 Å: each residue's electron-weighted atom centroid (where its density is)."""
+        weights = np.zeros(self.n_residues)
+        np.add.at(weights, self.atom_residue_index, self.atom_electrons)
+        sums = np.zeros((self.n_residues, 3))
+        np.add.at(sums, self.atom_residue_index, self.atom_coords * self.atom_electrons[:, None])
+        return sums / np.maximum(weights, 1e-12)[:, None]
+
     def with_coords(self, coords: np.ndarray, atom_coords: np.ndarray) -> AtomicModel:
         """Copy of this model with new coordinates.
 

@@ -23,7 +23,8 @@ from cryodomain.model.segmentation import Segmentation, SegmentPart
 class Deformation:
     """The result of decoding a batch of latents. B images, R residues, K segments."""
 
-    coords: Tensor  # (B, R, 3) deformed residue coordinates, Å
+    coords: Tensor  # (B, R, 3) deformed residue coordinates (CA / C1'), Å
+    render_coords: Tensor  # (B, R, 3) deformed positions of the residue Gaussians, Å (coords unless set apart)
     rotations: Tensor  # (B, R, 3, 3) per-residue rotation about the origin
     translations: Tensor  # (B, R, 3) per-residue translation, Å
     memberships: Tensor  # (B, R, K)
@@ -46,6 +47,8 @@ class CryoSphere(nn.Module):
             (:func:`~cryodomain.model.deformation.pivot_translations`).
         encoder_pose: the encoder also sees the pose matrix (9 numbers) of each image.
         latent_std_scale: scale of the latent posterior's std (1 in the published model).
+        gaussian_coords: ``(R, 3)`` Å where each residue's Gaussian sits in the base model (the
+            residue moves it with the same rigid transform as its CA); None: at ``base_coords``.
     """
 
     def __init__(
@@ -64,8 +67,13 @@ class CryoSphere(nn.Module):
         rotate_about: str = "origin",
         encoder_pose: bool = False,
         latent_std_scale: float = 1.0,
+        gaussian_coords: np.ndarray | None = None,
     ) -> None:
         super().__init__()
+        # Where each residue's Gaussian sits (e.g. its electron centroid); None: at base_coords.
+        self.separate_gaussians = gaussian_coords is not None
+        if gaussian_coords is not None:
+            self.register_buffer("gaussian_coords", torch.as_tensor(gaussian_coords, dtype=torch.float32))
         if rotate_about not in ("origin", "segment"):
             raise ValueError(f"rotate_about must be 'origin' or 'segment', got {rotate_about!r}")
         self.rotate_about = rotate_about
@@ -105,7 +113,8 @@ class CryoSphere(nn.Module):
             about_origin = pivot_translations(memberships, rotvecs, translations, self.base_coords)
         residue_rotations, residue_translations = residue_transforms(memberships, rotvecs, about_origin)
         coords = deform_points(self.base_coords, residue_rotations, residue_translations)
-        return Deformation(coords, residue_rotations, residue_translations, memberships, rotvecs, translations)
+        render = deform_points(self.gaussian_coords, residue_rotations, residue_translations) if self.separate_gaussians else coords
+        return Deformation(coords, render, residue_rotations, residue_translations, memberships, rotvecs, translations)
 
     def forward(
         self,

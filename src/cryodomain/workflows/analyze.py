@@ -257,14 +257,14 @@ class _Analysis:
     volume_box: int
     volume_apix: float
 
-    def decode(self, z: np.ndarray, *, residues: bool = False) -> np.ndarray:
-        atoms_of = None if residues else self.atoms_of
-        return decode_structures(self.run.model, z, atoms_of=atoms_of, progress=self.settings.progress and not residues)
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        return decode_structures(self.run.model, z, atoms_of=self.atoms_of, progress=self.settings.progress)
 
     def write_volumes(self, paths: list[Path], z: np.ndarray) -> None:
         sigma = self.run.config.model.sigma_A
-        residues = self.decode(z, residues=True)
-        write_structure_volumes(paths, self.run.model, residues, sigma, self.volume_box, self.volume_apix, progress=self.settings.progress)
+        # The maps put each residue's Gaussian where training did.
+        gaussians = np.concatenate([coords for _, coords in decode_batches(self.run.model, z, gaussians=True, progress=False)])
+        write_structure_volumes(paths, self.run.model, gaussians, sigma, self.volume_box, self.volume_apix, progress=self.settings.progress)
 
 
 def _pca_part(job: _Analysis, outputs: AnalysisOutputs) -> tuple[LatentPCA, list[np.ndarray]]:

@@ -87,6 +87,9 @@ class ModelConfig(_Strict):
     encoder_input: Literal["image", "residual"] = "image"
     encoder_pose: bool = False
     latent_std_scale: PositiveFloat = 1.0
+    # Where each residue's Gaussian sits: on its CA / C1' atom (the published model), or at the
+    # electron-weighted centroid of its atoms (where its density is); outputs stay CA / C1'.
+    gaussian_at: Literal["ca", "centroid"] = "ca"
 
     @model_validator(mode="after")
     def _check_init(self) -> "ModelConfig":

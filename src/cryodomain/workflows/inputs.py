@@ -197,6 +197,7 @@ def build_model(data: TrainingData, config: RunConfig) -> CryoSphere:
         rotate_about=config.model.rotate_about,
         encoder_pose=config.model.encoder_pose,
         latent_std_scale=config.model.latent_std_scale,
+        gaussian_coords=data.structure.electron_centroids() if config.model.gaussian_at == "centroid" else None,
     )
     if not config.model.learn_segment_stds:
         for name, parameter in model.segmentation.named_parameters():

@@ -205,7 +205,9 @@ def encoder_inputs(
     if context.encoder_residual:
         rotations = batch["rotations"].to(device, non_blocking=True)
         with torch.no_grad():
-            base = form_images(model.base_coords, model.amplitudes, rotations, context.sigma_A, context.frame, ctf)
+            base = form_images(
+                model.gaussian_coords if model.separate_gaussians else model.base_coords, model.amplitudes, rotations, context.sigma_A, context.frame, ctf
+            )
             scale = (base * target).sum(dim=(-2, -1), keepdim=True) / base.square().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
             encoder_input = target - scale * base
     return encoder_input, target, ctf
@@ -241,7 +243,7 @@ def model_images(
     mean, std, deformation = (forward or model)(
         encoder_input, batch["index"].to(device), latent_noise, segmentation_noise, context.mixed_precision and sample, sample=sample, poses=rotations
     )
-    predicted = form_images(deformation.coords, model.amplitudes, rotations, context.sigma_A, context.frame, ctf)
+    predicted = form_images(deformation.render_coords, model.amplitudes, rotations, context.sigma_A, context.frame, ctf)
     return ModelImages(mean, std, deformation, predicted, target)
 
 

@@ -17,12 +17,19 @@ from cryodomain.workflows.distributed import Processes, barrier, share
 
 
 def decode_batches(
-    model: CryoSphere, z: np.ndarray, *, atoms_of: AtomicModel | None = None, batch_size: int = 128, progress: bool = True
+    model: CryoSphere,
+    z: np.ndarray,
+    *,
+    atoms_of: AtomicModel | None = None,
+    gaussians: bool = False,
+    batch_size: int = 128,
+    progress: bool = True,
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(rows, coords)`` batches of structures decoded from latents ``z`` ``(M, D)``.
 
     Coordinates are ``(b, R, 3)`` residues, or ``(b, A, 3)`` every atom of ``atoms_of`` (each atom
-    moves with its residue's rigid transform), in Å in the frame of the input model. The
+    moves with its residue's rigid transform), or with ``gaussians`` the ``(b, R, 3)`` positions of
+    the residue Gaussians (for maps), in Å in the frame of the input model. The
     segmentation's variational means are used (no sampling).
     """
     device = model.base_coords.device
@@ -33,7 +40,7 @@ def decode_batches(
         for start in progress_bar(range(0, len(z), batch_size), "structures", enabled=progress):
             rows = slice(start, min(start + batch_size, len(z)))
             deformation = model.decode(torch.as_tensor(z[rows], dtype=torch.float32, device=device), sample_segmentation=False)
-            coords = deformation.coords
+            coords = deformation.render_coords if gaussians else deformation.coords
             if atoms_of is not None:
                 coords = deform_atoms(atom_points, atom_index, deformation.rotations, deformation.translations)
             yield rows, coords.cpu().numpy().astype(np.float32)
