@@ -29,7 +29,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         simulation = simulate(list(example_structures()), Path(tmp) / "sim", TINY)
         checksum = hashlib.sha256(Path(simulation["particles"]).read_bytes()).hexdigest()
-        train(simulation["star"], STATE_A, Path(tmp) / "run", load_config(None, TINY_OVERRIDES), progress=False)
+        train(simulation["star"], STATE_A, Path(tmp) / "run", load_config(None, TINY_OVERRIDES, preset="paper"), progress=False)
         run = TrainedRun.load(Path(tmp) / "run")
         z = run.latent_means(progress=False)
         arrays = {f"param/{name}": value.cpu().numpy() for name, value in run.model.state_dict().items()}

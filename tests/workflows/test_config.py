@@ -27,6 +27,16 @@ def test_a_file_and_flags_override_the_preset(tmp_path):
     assert PRESETS == ("paper",)
 
 
+def test_defaults_are_the_measured_best_settings():
+    config = RunConfig()
+    assert config.model.gaussian_at == "centroid" and config.model.rotate_about == "segment"
+    assert config.model.encoder_input == "residual" and config.model.encoder_pose and not config.model.learn_segment_stds
+    assert config.model.init.centre_std == 1.0 and config.model.n_segments == 16 and config.model.latent_dim == 4
+    assert config.data.lowpass_A == 10.0 and config.optim.lr_schedule == "cosine" and config.optim.batch_size == 32
+    # The parts of a segmentation start with the same small stds.
+    assert load_config(None, {"model.parts": [{"chain": "A", "n_segments": 2}]}).model.parts[0].init.width_std == 1.0
+
+
 def test_default_epochs_follow_the_data_size():
     config = RunConfig()
     assert config.optim.epochs is None
@@ -42,7 +52,7 @@ def test_yaml_then_flags_override(tmp_path):
         "optim:\n  epochs: 7\n  lr: 0.001\nmodel:\n  parts:\n    - chain: A\n      first_residue: 10\n      last_residue: 80\n      n_segments: 3\n"
     )
     config = load_config(path, {"optim.epochs": 9, "optim.batch_size": None})
-    assert config.optim.epochs == 9 and config.optim.lr == 0.001 and config.optim.batch_size == 128
+    assert config.optim.epochs == 9 and config.optim.lr == 0.001 and config.optim.batch_size == 32
     assert config.model.parts[0].chain == "A" and config.model.parts[0].n_segments == 3
 
 

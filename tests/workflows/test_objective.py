@@ -129,16 +129,19 @@ def test_model_images_without_sampling_decode_the_latent_mean_deterministically(
         second = model_images(model, batch, table, context, sample=False)
         torch.testing.assert_close(first.predicted, second.predicted, rtol=0, atol=0)
         torch.testing.assert_close(first.deformation.coords, second.deformation.coords, rtol=0, atol=0)
-        encoder_input, target = context.preprocess(batch["images"], batch["shifts_A"])
-        mean, std = model.encode(encoder_input, batch["index"])
+        _, target = context.preprocess(batch["images"], batch["shifts_A"])
+        ctf = compute_ctf(context.frame.freqs, ctf_parameters(table, batch["index"].numpy()))
+        base = form_images(model.gaussian_coords, model.amplitudes, batch["rotations"], context.sigma_A, context.frame, ctf)
+        scale = (base * target).sum(dim=(-2, -1), keepdim=True) / (base * base).sum(dim=(-2, -1), keepdim=True)
+        mean, std = model.encode(target - scale * base, batch["index"], batch["rotations"])
         torch.testing.assert_close(first.mean, mean)
         torch.testing.assert_close(first.std, std)
         torch.testing.assert_close(first.target, target)
         decoded = model.decode(mean, sample_segmentation=False)
         torch.testing.assert_close(first.deformation.coords, decoded.coords)
-        # The predicted images are those structures seen at the batch's poses through its CTFs.
+        # The predicted images are the residue Gaussians of those structures seen at the batch's poses through its CTFs.
         ctf = compute_ctf(context.frame.freqs, ctf_parameters(table, batch["index"].numpy()))
-        images = form_images(decoded.coords, model.amplitudes, batch["rotations"], context.sigma_A, context.frame, ctf)
+        images = form_images(decoded.render_coords, model.amplitudes, batch["rotations"], context.sigma_A, context.frame, ctf)
         torch.testing.assert_close(first.predicted, images)
         # Sampling draws from the global RNG: two seeds give two results (so the check above can fail).
         torch.manual_seed(10)
@@ -160,7 +163,7 @@ def test_build_context_takes_the_frame_scale_and_pairs_from_config_and_data(setu
     config = load_config(None, {**tiny_config_overrides, "loss.clash_mode": "off", "data.invert_contrast": True, "optim.mixed_precision": True})
     context = build_context(setup.model, data, config, 1.0, torch.device("cpu"))
     assert context.clash_pairs is None and context.preprocess.sign == -1.0
-    assert context.frame.lowpass is None and context.frame.mask is None
+    assert context.frame.mask is None and context.encoder_residual
     assert not context.mixed_precision  # bfloat16 autocast only on CUDA
     # Without clash pairs the clash term is 0, whatever its weight.
     with torch.no_grad():

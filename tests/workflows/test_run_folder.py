@@ -184,7 +184,7 @@ def test_check_resumable_refuses_another_model_or_data_shape(tmp_path):
     with pytest.raises(InputError, match=r"last.pt: model.n_segments: .*3.*5"):
         check_resumable(state, resumable({"model.n_segments": 5}), path)
     with pytest.raises(InputError, match="model.latent_dim"):
-        check_resumable(state, resumable({"model.n_segments": 3, "model.latent_dim": 4}), path)
+        check_resumable(state, resumable({"model.n_segments": 3, "model.latent_dim": 6}), path)
     with pytest.raises(InputError, match="n_particles: .*48 particles.*50"):
         check_resumable(state, resumable({"model.n_segments": 3}, n_particles=50), path)
     with pytest.raises(InputError, match="box"):

@@ -163,4 +163,4 @@ def test_cosine_learning_rates_warm_up_then_decay_to_the_final_fraction():
     # Halfway through the decay (epoch 7 of 2..12): the mean of 1 and the final fraction.
     assert learning_rate_factor(config, 7.0) == pytest.approx(0.55)
     assert learning_rate_factor(config, 12.0) == pytest.approx(0.1)
-    assert learning_rate_factor(load_config(None, {"optim.epochs": 5}), 3.0) == 1.0
+    assert learning_rate_factor(load_config(None, {"optim.epochs": 5, "optim.lr_schedule": "constant"}), 3.0) == 1.0

@@ -1,6 +1,7 @@
 """The one configuration object of a training run, validated with pydantic.
 
-Defaults are the published cryoSPHERE defaults (docs/method.md, 8). A YAML file may set any subset of the
+Defaults are the best settings we measured (benchmarks/RESULTS.md, "Accuracy: what the defaults
+are made of"); the published cryoSPHERE settings are the preset ``paper`` (data/presets/paper.yaml). A YAML file may set any subset of the
 fields; command-line flags override it; the resolved configuration is written to ``RUN/config.yaml``
 so a run can be repeated exactly. Unknown keys and bad values are input errors.
 """
@@ -45,6 +46,11 @@ class SegmentValues(_Strict):
     proportion_std: PositiveFloat = DEFAULT_PROPORTION_STD
 
 
+# Start values of a segmentation: the uniform layout with stds of one residue (and 0.1 on the
+# logits), so that each image sees the boundaries where they are; the prior keeps 10 / 10 / 1.
+START_VALUES = SegmentValues(centre_std=1.0, width_std=1.0, proportion_std=0.1)
+
+
 class Part(_Strict):
     """A residue range of one chain segmented on its own; residues outside every part stay fixed."""
 
@@ -52,7 +58,7 @@ class Part(_Strict):
     first_residue: int | None = None
     last_residue: int | None = None
     n_segments: PositiveInt
-    init: SegmentValues = SegmentValues()
+    init: SegmentValues = START_VALUES
     prior: Literal["uniform"] | SegmentValues = "uniform"
 
     @model_validator(mode="after")
@@ -69,27 +75,27 @@ class Part(_Strict):
 
 
 class ModelConfig(_Strict):
-    latent_dim: PositiveInt = 8
+    latent_dim: PositiveInt = 4
     encoder_hidden: list[PositiveInt] = [512, 256, 64, 64]
     decoder_hidden: list[PositiveInt] = [512, 512]
     amortized: bool = True
-    n_segments: PositiveInt = 20
+    n_segments: PositiveInt = 16
     parts: list[Part] | None = None
     tau: PositiveFloat = 0.05
     sigma_A: PositiveFloat = 2.0
     # Start values of the whole model's segmentation (when no parts are given).
-    init: SegmentValues = SegmentValues()
-    rotate_about: Literal["origin", "segment"] = "origin"
+    init: SegmentValues = START_VALUES
+    rotate_about: Literal["origin", "segment"] = "segment"
     # Learn the segmentation's variational stds (else they stay at their start values, init.*_std).
-    learn_segment_stds: bool = True
+    learn_segment_stds: bool = False
     # What the amortised encoder sees: the image, or its residual against the base model's image
     # at the known pose and CTF; and whether the pose itself is an input.
-    encoder_input: Literal["image", "residual"] = "image"
-    encoder_pose: bool = False
-    latent_std_scale: PositiveFloat = 1.0
+    encoder_input: Literal["image", "residual"] = "residual"
+    encoder_pose: bool = True
+    latent_std_scale: PositiveFloat = 0.1
     # Where each residue's Gaussian sits: on its CA / C1' atom (the published model), or at the
     # electron-weighted centroid of its atoms (where its density is); outputs stay CA / C1'.
-    gaussian_at: Literal["ca", "centroid"] = "ca"
+    gaussian_at: Literal["ca", "centroid"] = "centroid"
 
     @model_validator(mode="after")
     def _check_init(self) -> "ModelConfig":
@@ -116,8 +122,8 @@ class DataConfig(_Strict):
     datadir: str | None = None
     invert_contrast: bool = False
     # The encoder sees the image translated by its pose shift (centred), not as extracted.
-    centre_encoder_input: bool = False
-    lowpass_A: PositiveFloat | None = None
+    centre_encoder_input: bool = True
+    lowpass_A: PositiveFloat | None = 10.0
     # Coarse to fine: the low-pass moves (linearly in frequency) from lowpass_A to this resolution
     # over the first lowpass_fraction of the epochs, then stays; None keeps lowpass_A throughout.
     lowpass_final_A: PositiveFloat | None = None
@@ -135,17 +141,17 @@ MIN_AUTO_EPOCHS, MAX_AUTO_EPOCHS = 10, 300
 class OptimConfig(_Strict):
     # None: chosen from the number of particles when training starts (see with_epochs_for).
     epochs: PositiveInt | None = None
-    batch_size: PositiveInt = 128
-    lr: PositiveFloat = 3e-5
-    segmentation_lr: PositiveFloat = 3e-4
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 2e-3
+    segmentation_lr: PositiveFloat = 0.2
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = False
     grad_clip: PositiveFloat | None = None
     # Learning rates over the run: constant, or a linear warm-up then a cosine decay to
     # final_lr_fraction of the configured rates.
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_epochs: float = Field(0.0, ge=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_epochs: float = Field(2.0, ge=0.0)
     final_lr_fraction: float = Field(0.01, ge=0.0, le=1.0)
     num_workers: int = Field(0, ge=0)
 
