@@ -97,8 +97,8 @@ def load_structure(name: str) -> AtomicModel:
             model = _subset(model, np.arange(model.n_residues))
         else:
             model = _subset(ribosome, np.arange(int(name)))
-    centred = model.coords - model.coords.mean(axis=0)
-    return dataclasses.replace(model, coords=centred, atom_coords=centred.copy())
+    shift = model.coords.mean(axis=0)
+    return dataclasses.replace(model, coords=model.coords - shift, atom_coords=model.atom_coords - shift)
 
 
 def synthetic_inputs(structure: AtomicModel, box: int, batch: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 
 Simulated with every atom rendered (not the model's own one-Gaussian-per-residue forward model):
 state A and state B of the bundled example, whose target recognition domain (chain A 186-283) is
-rotated 20 degrees. Training starts from state A with the demo settings. About two minutes on two
+rotated 20 degrees. Training starts from state A with the default settings (20 epochs). About two minutes on two
 CPU cores.
 """
 
@@ -22,7 +22,7 @@ from cryodomain.workflows.trained_run import TrainedRun
 def test_training_recovers_the_domain_motion_and_segments_the_domain(tmp_path):
     settings = SimulationSettings(n_images=1500, snr=1.0, atoms="all", seed=11)
     written = simulate(list(example_structures()), tmp_path / "sim", settings)
-    # 20 epochs suffice at SNR 1 (the demo trains 40 at SNR 0.1).
+    # The defaults, 20 epochs: enough at SNR 1 (the demo trains 40 at SNR 0.1).
     config = load_config(DEMO_CONFIG, {"optim.seed": 1, "optim.epochs": 20})
     train(written["star"], STATE_A, tmp_path / "run", config, progress=False)
 

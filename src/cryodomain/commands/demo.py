@@ -1,8 +1,8 @@
 """Run the whole pipeline on the bundled example (M.HhaI methyltransferase with DNA, PDB 3MHT).
 
 Two conformations of the example (the target recognition domain rotated 20 degrees about a hinge)
-are simulated with every atom rendered; a model is trained from state A with the fast demo settings
-(src/cryodomain/data/demo.yaml); the structures are decoded and compared with the truth, and the
+are simulated with every atom rendered; a model is trained from state A with the default settings
+for fewer epochs (src/cryodomain/data/demo.yaml); the structures are decoded and compared with the truth, and the
 run is analysed (latent space, motions along the PCs, segments, pictures).
 
 Example:
