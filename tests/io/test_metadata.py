@@ -7,36 +7,13 @@ import sys
 
 import numpy as np
 import pytest
+from particle_tables import small_table
 
 import cryodomain.io.metadata as metadata
 from cryodomain.errors import InputError
 from cryodomain.io.metadata import read_particles
-from cryodomain.io.particles import ParticleTable
 from cryodomain.io.stack import write_stack
 from cryodomain.io.star import write_star
-
-
-def table_of(stack: str, n: int) -> ParticleTable:
-    values = np.arange(n, dtype=np.float64)
-    return ParticleTable(
-        image_paths=np.full(n, stack),
-        image_indices=np.arange(n),
-        rotations=np.repeat(np.eye(3)[None], n, axis=0),
-        shifts_A=np.stack([values, 2 * values], axis=-1),
-        defocus_u_A=12000 + 10 * values,
-        defocus_v_A=11000 + 10 * values,
-        defocus_angle_rad=values / 7,
-        voltage_kv=np.full(n, 300.0),
-        spherical_aberration_mm=np.full(n, 2.7),
-        amplitude_contrast=np.full(n, 0.07),
-        phase_shift_rad=np.zeros(n),
-        bfactor_A2=np.zeros(n),
-        pixel_size_A=np.full(n, 1.4),
-        image_size=np.full(n, 8),
-        optics_group=np.ones(n, dtype=np.int64),
-        optics_group_names={1: "opticsGroup1"},
-        source="test",
-    )
 
 
 @pytest.fixture
@@ -59,13 +36,13 @@ def test_the_extension_picks_the_reader_and_datadir_is_passed_on(tmp_path, spies
 
 def test_a_star_file_is_read_through_the_dispatcher(tmp_path):
     write_stack(tmp_path / "s.mrcs", np.zeros((3, 8, 8), np.float32), 1.4)
-    table = table_of(str(tmp_path / "s.mrcs"), 3)
+    table = small_table([str(tmp_path / "s.mrcs")] * 3)
     write_star(tmp_path / "particles.star", table)
     back = read_particles(tmp_path / "particles.star")
     assert len(back) == 3 and back.image_paths.tolist() == [str(tmp_path / "s.mrcs")] * 3
     np.testing.assert_allclose(back.defocus_u_A, table.defocus_u_A)
     np.testing.assert_allclose(back.shifts_A, table.shifts_A, atol=1e-5)
-    np.testing.assert_allclose(back.amplitude_contrast, 0.07)
+    np.testing.assert_allclose(back.amplitude_contrast, table.amplitude_contrast)
 
 
 @pytest.mark.parametrize("name", ["folder", "folder.star", "folder.cs"])
