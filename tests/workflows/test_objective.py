@@ -131,7 +131,7 @@ def test_model_images_without_sampling_decode_the_latent_mean_deterministically(
         torch.testing.assert_close(first.deformation.coords, second.deformation.coords, rtol=0, atol=0)
         _, target = context.preprocess(batch["images"], batch["shifts_A"])
         ctf = compute_ctf(context.frame.freqs, ctf_parameters(table, batch["index"].numpy()))
-        base = form_images(model.gaussian_coords, model.amplitudes, batch["rotations"], context.sigma_A, context.frame, ctf)
+        base = form_images(model.base_gaussians, model.amplitudes, batch["rotations"], context.sigma_A, context.frame, ctf)
         scale = (base * target).sum(dim=(-2, -1), keepdim=True) / (base * base).sum(dim=(-2, -1), keepdim=True)
         mean, std = model.encode(target - scale * base, batch["index"], batch["rotations"])
         torch.testing.assert_close(first.mean, mean)

@@ -69,7 +69,7 @@ def test_latent_means_in_batches_equal_each_image_encoded_alone(trained):
             batch = run.data.dataset[[i]]
             _, target = context.preprocess(batch["images"], batch["shifts_A"])
             ctf = compute_ctf(context.frame.freqs, ctf_parameters(run.data.table, batch["index"].numpy()))
-            base = form_images(run.model.gaussian_coords, run.model.amplitudes, batch["rotations"], context.sigma_A, context.frame, ctf)
+            base = form_images(run.model.base_gaussians, run.model.amplitudes, batch["rotations"], context.sigma_A, context.frame, ctf)
             scale = (base * target).sum(dim=(-2, -1), keepdim=True) / (base * base).sum(dim=(-2, -1), keepdim=True)
             mean, _ = run.model.encode(target - scale * base, batch["index"], batch["rotations"])
             np.testing.assert_allclose(z[i], mean[0].numpy(), rtol=1e-5, atol=1e-6, err_msg=f"image {i}")

@@ -89,6 +89,11 @@ class CryoSphere(nn.Module):
         self.segmentation = Segmentation(parts, len(base_coords), tau)
         self.decoder = Decoder(latent_dim, self.segmentation.n_segments, decoder_hidden)
 
+    @property
+    def base_gaussians(self) -> Tensor:
+        """``(R, 3)`` Å where the residue Gaussians sit in the base model (the CA unless set apart)."""
+        return self.gaussian_coords if self.separate_gaussians else self.base_coords
+
     def encode(self, images: Tensor, indices: Tensor, poses: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Latent mean and std ``(B, D)`` from encoder input images ``(B, N, N)`` (and poses
         ``(B, 3, 3)`` when the encoder takes them), or from image indices ``(B,)``."""
@@ -113,7 +118,7 @@ class CryoSphere(nn.Module):
             about_origin = pivot_translations(memberships, rotvecs, translations, self.base_coords)
         residue_rotations, residue_translations = residue_transforms(memberships, rotvecs, about_origin)
         coords = deform_points(self.base_coords, residue_rotations, residue_translations)
-        render = deform_points(self.gaussian_coords, residue_rotations, residue_translations) if self.separate_gaussians else coords
+        render = deform_points(self.base_gaussians, residue_rotations, residue_translations) if self.separate_gaussians else coords
         return Deformation(coords, render, residue_rotations, residue_translations, memberships, rotvecs, translations)
 
     def forward(

@@ -205,9 +205,7 @@ def encoder_inputs(
     if context.encoder_residual:
         rotations = batch["rotations"].to(device, non_blocking=True)
         with torch.no_grad():
-            base = form_images(
-                model.gaussian_coords if model.separate_gaussians else model.base_coords, model.amplitudes, rotations, context.sigma_A, context.frame, ctf
-            )
+            base = form_images(model.base_gaussians, model.amplitudes, rotations, context.sigma_A, context.frame, ctf)
             scale = (base * target).sum(dim=(-2, -1), keepdim=True) / base.square().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
             encoder_input = target - scale * base
     return encoder_input, target, ctf
