@@ -35,6 +35,14 @@ from cryodomain.workflows.signals import StopSignals, interrupted
 log = logging.getLogger(__name__)
 
 
+class NonFiniteLoss(Exception):
+    """A loss term was NaN or infinite at a step (``train`` turns it into an InputError)."""
+
+    def __init__(self, values: dict[str, float], step: int):
+        super().__init__(values, step)
+        self.values, self.step = values, step
+
+
 @dataclass
 class Trainer:
     """What one optimisation step needs: the model, its optimizer and the forward model's constants.
@@ -99,8 +107,7 @@ def train_step(
 
     Raises:
         InputError: an image with NaN/inf or blank pixels.
-        FloatingPointError: a non-finite loss (the values are attached as ``args[1]``); no update
-            is made.
+        NonFiniteLoss: a non-finite loss term (with the values and the step); no update is made.
     """
     config, processes = trainer.config, trainer.processes
     check_pixels(batch, trainer.data.table)
@@ -134,7 +141,7 @@ def train_step(
     values = dict(zip(TERM_NAMES, (value / step_images for value in reduced[: len(TERM_NAMES)])))
     values["total"] = weighted_total(values, betas, trainer.context.n_pixels)
     if not all(math.isfinite(value) for value in values.values()):
-        raise FloatingPointError("non-finite loss", values)
+        raise NonFiniteLoss(values, step)
     trainer.optimizer.zero_grad(set_to_none=True)
     terms["total"].backward()
     if config.optim.grad_clip is not None:
@@ -198,10 +205,7 @@ def train_epoch(
     for step, batch in enumerate(bar, start=start.step):
         if config.optim.lr_schedule != "constant":
             set_learning_rates(trainer.optimizer, config, learning_rate_factor(config, epoch + step / n_steps))
-        try:
-            values, step_images, stop_requested = train_step(trainer, batch, epoch, step, betas, stop=stop)
-        except FloatingPointError as error:
-            raise _NonFinite(error.args[1], step) from None
+        values, step_images, stop_requested = train_step(trainer, batch, epoch, step, betas, stop=stop)
         n_seen += step_images
         for name in LOGGED_VALUES:
             sums[name] += values[name] * step_images
@@ -212,12 +216,6 @@ def train_epoch(
     means.update({f"beta_{name}": value for name, value in betas.items()})
     means["seconds"] = round(time.perf_counter() - started, 3)
     return means, None, stop_requested
-
-
-class _NonFinite(Exception):
-    def __init__(self, values: dict[str, float], step: int):
-        super().__init__(values, step)
-        self.values, self.step = values, step
 
 
 def run_inputs(particles: str | Path, structure_path: str | Path, config: RunConfig, data: TrainingData, downsample_box: int | None) -> dict:
@@ -366,7 +364,7 @@ def _train(
                         rng_after_loader=saved_rng if resumed_inside else None,
                         progress=progress,
                     )
-                except _NonFinite as error:
+                except NonFiniteLoss as error:
                     raise _diverged(folder, error.values, epoch, error.step, saved_epoch) from None
                 if stopped_at is not None:
                     if processes.is_main:
