@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import matplotlib.colors
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -151,6 +152,13 @@ def explained_variance(path: str | Path, ratio: np.ndarray) -> None:
     _save(fig, path)
 
 
+def segment_colours(n_segments: int) -> list[str]:
+    """``n_segments`` distinct ``#rrggbb`` colours, segment k's at index k: the same in every picture
+    and in the ChimeraX scripts (tab20, or turbo beyond 20 segments)."""
+    colours = matplotlib.colormaps["tab20" if n_segments <= 20 else "turbo"].resampled(max(n_segments, 1))
+    return [matplotlib.colors.to_hex(colours(k)) for k in range(n_segments)]
+
+
 def segment_membership(path: str | Path, segment: np.ndarray, probability: np.ndarray, chain_ids: np.ndarray) -> None:
     """Write the segmentation along the sequence: one bar per residue, coloured by its segment,
     as high as its membership probability; residues outside every part are a grey band.
@@ -165,7 +173,7 @@ def segment_membership(path: str | Path, segment: np.ndarray, probability: np.nd
     probability = np.asarray(probability, dtype=np.float64)
     index = np.arange(len(segment))
     n_segments = int(segment.max()) + 1 if (segment >= 0).any() else 0
-    colours = matplotlib.colormaps["tab20" if n_segments <= 20 else "turbo"].resampled(max(n_segments, 1))
+    colours = segment_colours(n_segments)
     fig = Figure(figsize=(9, 3.2))
     ax = fig.subplots()
     fixed = segment < 0
@@ -174,7 +182,7 @@ def segment_membership(path: str | Path, segment: np.ndarray, probability: np.nd
     for k in range(n_segments):
         rows = segment == k
         if rows.any():
-            ax.bar(index[rows], probability[rows], width=1.0, color=colours(k), label=f"segment {k}")
+            ax.bar(index[rows], probability[rows], width=1.0, color=colours[k], label=f"segment {k}")
     # Chain starts, so residue indices can be related to chains.
     starts = np.flatnonzero(np.r_[True, chain_ids[1:] != chain_ids[:-1]])
     for start in starts:
@@ -226,4 +234,54 @@ def training_curves(
         ax.set_xlabel("epoch")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def segment_motions(path: str | Path, angle_deg: np.ndarray, displacement_A: np.ndarray) -> None:
+    """Write the distribution over particles of each segment's rotation angle (left) and centre
+    displacement (right), one box per segment in the segment's colour.
+
+    Args:
+        path: output PNG.
+        angle_deg: ``(N, K)`` rotation angle of each segment in each particle, degrees.
+        displacement_A: ``(N, K)`` displacement of each segment's centre, Å.
+    """
+    n_segments = angle_deg.shape[1]
+    colours = segment_colours(n_segments)
+    fig = Figure(figsize=(max(6.0, 0.45 * n_segments * 2 + 2), 3.4))
+    axes = fig.subplots(1, 2)
+    for ax, values, label in zip(axes, (angle_deg, displacement_A), ("rotation angle (degrees)", "centre displacement (Å)")):
+        boxes = ax.boxplot(np.asarray(values, dtype=np.float64), patch_artist=True, showfliers=False, widths=0.6)
+        for box, colour in zip(boxes["boxes"], colours):
+            box.set_facecolor(colour)
+        ax.set_xticks(np.arange(1, n_segments + 1), [str(k) for k in range(n_segments)], fontsize=7)
+        ax.set_xlabel("segment")
+        ax.set_ylabel(label)
+    fig.suptitle(f"segment motions of {angle_deg.shape[0]} particles (boxes: quartiles, whiskers: 1.5 IQR)", fontsize=9)
+    _save(fig, path)
+
+
+def motion_pc_correlation(path: str | Path, angle: np.ndarray, displacement: np.ndarray, title: str = "Spearman correlation") -> None:
+    """Write how strongly each segment's motion follows each latent PC: two heat maps (angle,
+    displacement) of correlations in [-1, 1], segments down, PCs across.
+
+    Args:
+        path: output PNG.
+        angle: ``(K, C)`` correlation of segment k's angle with PC c's coordinate (NaN: undefined).
+        displacement: ``(K, C)`` the same for the centre displacement.
+        title: what the numbers are.
+    """
+    n_segments, n_pcs = angle.shape
+    fig = Figure(figsize=(2.2 + 2 * (0.5 * n_pcs + 1.2), 1.4 + 0.3 * n_segments))
+    axes = fig.subplots(1, 2)
+    for ax, values, label in zip(axes, (angle, displacement), ("rotation angle", "centre displacement")):
+        image = ax.imshow(np.asarray(values, dtype=np.float64), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        ax.set_xticks(np.arange(n_pcs), [f"PC{c + 1}" for c in range(n_pcs)], fontsize=7)
+        ax.set_yticks(np.arange(n_segments), [str(k) for k in range(n_segments)], fontsize=7)
+        ax.set_ylabel("segment")
+        ax.set_title(label, fontsize=9)
+        if n_segments * n_pcs <= 200:
+            for (k, c), value in np.ndenumerate(values):
+                ax.text(c, k, "" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(image, ax=axes[1], label=title)
     _save(fig, path)
