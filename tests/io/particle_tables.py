@@ -1,9 +1,14 @@
-"""A small particle table with distinct values in every row, for the io tests."""
+"""A small particle table with distinct values in every row, and the metadata fixtures, for the io tests."""
+
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import starfile
 
 from cryodomain.io.particles import ParticleTable
+from cryodomain.io.stack import write_stack
 
 
 def small_table(paths: list[str]) -> ParticleTable:
@@ -29,3 +34,22 @@ def small_table(paths: list[str]) -> ParticleTable:
         source="test",
         extra=pd.DataFrame({"rlnMicrographName": [f"mic{k}" for k in range(n)]}),
     )
+
+
+# Small metadata files in the shapes RELION writes (tests/data/metadata/).
+METADATA = Path(__file__).parents[1] / "data" / "metadata"
+
+
+def star_fixture_with_stacks(name: str, folder: Path, box: int) -> Path:
+    """Copy ``tests/data/metadata/<name>`` into ``folder`` and write the blank stacks it names (``box`` px)."""
+    path = folder / name
+    shutil.copy(METADATA / name, path)
+    names = starfile.read(path, always_dict=True, parse_as_string=["rlnImageName"])["particles"]["rlnImageName"]
+    counts: dict[str, int] = {}
+    for image_name in names:
+        number, _, stack = image_name.partition("@")
+        counts[stack] = max(counts.get(stack, 0), int(number))
+    for stack, count in counts.items():
+        (folder / stack).parent.mkdir(parents=True, exist_ok=True)
+        write_stack(folder / stack, np.zeros((count, box, box), np.float32), 1.0)
+    return path

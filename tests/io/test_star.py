@@ -1,7 +1,11 @@
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from particle_tables import star_fixture_with_stacks
+from test_poses import relion_euler_angles2matrix
 
 from cryodomain.errors import InputError
 from cryodomain.io.particles import ParticleTable
@@ -276,3 +280,52 @@ def test_missing_image_size_is_read_from_the_stack_header(tmp_path):
     path = tmp_path / "p.star"
     path.write_text(relion31_text("", ["", ""]).replace("_rlnImageSize\n", "").replace(" 8 300 ", " 300 "))
     np.testing.assert_array_equal(read_star(path).image_size, [10, 10])
+
+
+def test_relion5_star_with_zernike_lists_and_magnification_matrix_is_read_exactly(tmp_path, caplog):
+    path = star_fixture_with_stacks("relion5_particles.star", tmp_path, box=12)
+    with caplog.at_level(logging.WARNING, logger="cryodomain.io.star_checks"):
+        table = read_star(path)
+
+    mic1, mic2 = (str(tmp_path / "Extract" / "job012" / "Movies" / name) for name in ("mic1.mrcs", "mic2.mrcs"))
+    assert table.image_paths.tolist() == [mic1, mic1, mic2]
+    np.testing.assert_array_equal(table.image_indices, [0, 1, 0])
+    np.testing.assert_allclose(table.rotations[1], relion_euler_angles2matrix(44.0, 90.0, 180.0), atol=1e-12)
+    np.testing.assert_allclose(table.rotations[0], relion_euler_angles2matrix(-95.36496, 22.953369, -69.45995), atol=1e-12)
+    np.testing.assert_allclose(table.rotations[2], relion_euler_angles2matrix(0.0, 135.0, -10.0), atol=1e-12)
+    np.testing.assert_allclose(table.shifts_A, [[1.21, -2.42], [-0.55, 3.3], [0.0, 0.0]])
+    np.testing.assert_allclose(table.defocus_u_A, [30876.811323, 30911.42, 18250.0])
+    np.testing.assert_allclose(table.defocus_v_A, [28722.607179, 28701.95, 17120.5])
+    np.testing.assert_allclose(table.defocus_angle_rad, np.deg2rad([161.590835, 161.590835, -33.25]))
+    np.testing.assert_allclose(table.phase_shift_rad, [0.0, 0.0, np.pi / 2])
+    np.testing.assert_allclose(table.bfactor_A2, [0.0, -12.5, 5.0])
+    # Each particle takes its optics group's values (the image pixel size, not the movie's).
+    np.testing.assert_allclose(table.voltage_kv, [300, 300, 200])
+    np.testing.assert_allclose(table.spherical_aberration_mm, [2.7, 2.7, 2.0])
+    np.testing.assert_allclose(table.amplitude_contrast, [0.1, 0.1, 0.07])
+    np.testing.assert_allclose(table.pixel_size_A, 1.1)
+    np.testing.assert_array_equal(table.image_size, 12)
+    np.testing.assert_array_equal(table.optics_group, [1, 1, 2])
+    assert table.optics_group_names == {1: "opticsGroup1", 2: "opticsGroup2"}
+    # Group 1's aberrations are not modelled: said once, naming the columns (group 2 is neutral).
+    assert "rlnOddZernike, rlnEvenZernike, rlnMagMat00, rlnMagMat01, rlnMagMat10, rlnMagMat11 not modelled" in caplog.text
+
+
+def test_relion31_star_with_two_optics_groups_gives_each_particle_its_group_ctf(tmp_path):
+    path = star_fixture_with_stacks("relion31_multi_optics.star", tmp_path, box=10)
+    table = read_star(path)
+
+    np.testing.assert_array_equal(table.optics_group, [1, 1, 2, 2])
+    assert table.optics_group_names == {1: "krios_K3", 2: "glacios_F4"}
+    np.testing.assert_allclose(table.voltage_kv, [300, 300, 200, 200])
+    np.testing.assert_allclose(table.spherical_aberration_mm, [2.7, 2.7, 2.0, 2.0])
+    np.testing.assert_allclose(table.amplitude_contrast, [0.1, 0.1, 0.07, 0.07])
+    np.testing.assert_allclose(table.pixel_size_A, [1.66, 1.66, 1.84, 1.84])
+    np.testing.assert_allclose(table.shifts_A, [[1.66, -3.32], [0.0, 0.83], [-1.84, 0.0], [3.68, 1.84]])
+    np.testing.assert_allclose(table.defocus_u_A, [12000, 12010, 21000, 21050])
+    np.testing.assert_allclose(table.defocus_v_A, [11500, 11520, 20000, 20100])
+    np.testing.assert_allclose(table.defocus_angle_rad, np.deg2rad([20, 20, -45, -45]))
+    np.testing.assert_allclose(table.rotations[2], relion_euler_angles2matrix(-90.0, 45.0, 0.0), atol=1e-12)
+    np.testing.assert_allclose(table.rotations[3], relion_euler_angles2matrix(5.0, 175.0, 120.0), atol=1e-12)
+    assert table.image_paths[2] == str(tmp_path / "Extract" / "job007" / "glacios" / "mic_0007.mrcs")
+    np.testing.assert_array_equal(table.image_indices, [0, 1, 0, 1])

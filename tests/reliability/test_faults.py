@@ -26,6 +26,7 @@ from cryodomain.examples import STATE_A
 from cryodomain.io.atomic import atomic_output
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.inputs import build_model, load_training_data
+from cryodomain.workflows.run_folder import load_checkpoint
 from cryodomain.workflows.signals import TrainingInterrupted
 from cryodomain.workflows.train import train
 
@@ -115,27 +116,36 @@ def test_a_nan_image_missed_by_the_preflight_sample_is_named_in_training(tmp_pat
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_disk_full_while_writing_a_checkpoint(tmp_path, tiny_simulation, fault_config, reference_run, monkeypatch, capsys):
+def test_disk_full_while_writing_last_pt_keeps_the_previous_one(tmp_path, tiny_simulation, fault_config, reference_run, monkeypatch, capsys):
     write_bytes = Path.write_bytes
+    last_writes = []
 
-    def full_disk_for_epoch_2(self, data):
-        if ".epoch_0002." in self.name:
-            write_bytes(self, bytes(data)[:100])  # a partial write, then the disk is full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def full_disk_for_the_second_last_pt(self, data):
+        # last.pt is written after every epoch (through a temporary beside it): fail the second one.
+        if self.name.startswith("last.") or self.name.startswith(".last."):
+            last_writes.append(self.name)
+            if len(last_writes) == 2:
+                write_bytes(self, bytes(data)[:100])  # a partial write, then the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return write_bytes(self, data)
 
-    monkeypatch.setattr(Path, "write_bytes", full_disk_for_epoch_2)
+    monkeypatch.setattr(Path, "write_bytes", full_disk_for_the_second_last_pt)
     run = tmp_path / "run"
     args = cli("train", tiny_simulation["star"], "--structure", STATE_A, "-o", run, "--config", fault_config)
     lines = (main(args), capsys.readouterr().err.strip().splitlines())
-    assert_one_line_error(*lines, "epoch_0002.pt", "checkpoint not saved (No space left on device)", "still holds the previous checkpoint", "--resume")
+    assert_one_line_error(*lines, "last.pt: checkpoint not saved (No space left on device)", "still holds the previous checkpoint", "--resume")
+    assert len(last_writes) == 2  # the failure hit the write of last.pt itself
+    # The previous last.pt is whole: it loads as the checkpoint of epoch 1, byte for byte.
+    previous = load_checkpoint(run / "last.pt")
+    assert previous["epoch"] == 1 and previous["position"] is None
+    assert (run / "last.pt").read_bytes() == (run / "checkpoints" / "epoch_0001.pt").read_bytes()
     assert_same_model(run / "last.pt", reference_run / "checkpoints" / "epoch_0001.pt")
-    leftovers = [p.name for p in run.rglob("*") if p.is_file() and ".tmp" in p.name]
-    assert leftovers == [] and not (run / "checkpoints" / "epoch_0002.pt").exists()
+    assert not [p.name for p in run.rglob("*") if p.is_file() and ".tmp" in p.name]
 
     monkeypatch.undo()
     assert main([*args, "--resume"]) == 0
     assert_same_model(run / "last.pt", reference_run / "last.pt")
+    assert metric_totals(run) == metric_totals(reference_run)
 
 
 def test_atomic_output_turns_a_full_disk_into_an_input_error(tmp_path):

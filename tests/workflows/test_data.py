@@ -1,10 +1,11 @@
-"""The data path: batches in particle order, and memory that stays bounded for stacks larger than RAM."""
+"""The data path: batches in particle order, the last small batch merged, and memory that stays bounded for stacks larger than RAM."""
 
 import mrcfile
 import numpy as np
 
 from cryodomain.io.metadata import read_particles
-from cryodomain.workflows.data import ParticleBatches, batch_loader
+from cryodomain.workflows.data import ParticleBatches, batch_bounds, batch_loader
+from cryodomain.workflows.distributed import Processes
 
 
 def anonymous_rss_mb() -> float:
@@ -48,3 +49,35 @@ def test_sequential_batches_come_in_particle_order(tiny_simulation):
     shuffled = [np.concatenate([b["index"].numpy() for b in batch_loader(dataset, 10, shuffle=True, seed=3, epoch=e)]) for e in (0, 0, 1)]
     assert shuffled[0].tolist() == shuffled[1].tolist() != shuffled[2].tolist()
     assert sorted(shuffled[2].tolist()) == list(range(48))
+
+
+def sizes(bounds) -> list[int]:
+    return np.diff(bounds).tolist()
+
+
+def test_a_last_batch_under_half_a_batch_joins_the_one_before():
+    # 5000 images in batches of 128: 38 full ones and 136 at the end, not 39 and a batch of 8.
+    assert sizes(batch_bounds(5000, 128)) == [128] * 38 + [136]
+    assert sizes(batch_bounds(44, 10)) == [10, 10, 10, 14]
+    # Half a batch or more stays a batch of its own; so do exact multiples and a single batch.
+    assert sizes(batch_bounds(45, 10)) == [10, 10, 10, 10, 5]
+    assert sizes(batch_bounds(48, 16)) == [16, 16, 16]
+    assert sizes(batch_bounds(3, 10)) == [3]
+    assert sizes(batch_bounds(14, 10)) == [14]
+    for n, batch_size in ((5000, 128), (44, 10), (1, 1), (97, 32)):
+        bounds = batch_bounds(n, batch_size)
+        assert bounds[0] == 0 and bounds[-1] == n
+
+
+def test_the_loader_serves_the_merged_batches_resumed_and_sharded_alike(tiny_simulation):
+    dataset = ParticleBatches(read_particles(tiny_simulation["star"]))  # 48 particles: 20 + 28
+    epoch = [batch["index"].tolist() for batch in batch_loader(dataset, 20, shuffle=True, seed=1, epoch=2)]
+    assert [len(batch) for batch in epoch] == [20, 28]
+    assert sorted(sum(epoch, [])) == list(range(48))  # every image once
+    # start_batch counts the merged batches: resuming at the second gets the same 28 images.
+    resumed = [batch["index"].tolist() for batch in batch_loader(dataset, 20, shuffle=True, seed=1, epoch=2, start_batch=1)]
+    assert resumed == epoch[1:]
+    # Each of two DDP processes reads its contiguous half of the same global batches.
+    shares = [[batch["index"].tolist() for batch in batch_loader(dataset, 20, shuffle=True, seed=1, epoch=2, processes=Processes(rank, 2))] for rank in (0, 1)]
+    assert [[len(batch) for batch in share] for share in shares] == [[10, 14], [10, 14]]
+    assert [first + second for first, second in zip(*shares)] == epoch

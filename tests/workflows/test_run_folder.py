@@ -8,7 +8,7 @@ import torch
 from cryodomain.errors import InputError
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.objective import TERM_NAMES, WEIGHTED_TERMS
-from cryodomain.workflows.run_folder import RUN_FILES, MetricsLog, RunFolder, check_resumable, collect_log, load_checkpoint
+from cryodomain.workflows.run_folder import RUN_FILES, MetricsLog, RunFolder, check_resumable, checkpoint_interval, collect_log, keeps_epoch, load_checkpoint
 
 log = logging.getLogger("cryodomain.tests.run_folder")
 
@@ -144,6 +144,44 @@ def test_a_checkpoint_goes_to_its_epoch_file_and_last_pt_with_the_same_bytes(tmp
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0003.pt"]
     assert load_checkpoint(tmp_path / "last.pt")["position"] == 5
     assert not list(tmp_path.glob(".*.tmp*")) and not list((tmp_path / "checkpoints").glob(".*.tmp*"))
+
+
+def test_an_epoch_that_is_not_kept_writes_only_last_pt(tmp_path):
+    folder = RunFolder(tmp_path)
+    state = {"epoch": 1, "weights": torch.arange(3.0)}
+    folder.save_checkpoint(state, 1)
+    assert folder.save_checkpoint({**state, "epoch": 2}, 2, keep=False) == tmp_path / "last.pt"
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch_0001.pt"]
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 2
+
+
+def kept(epochs, every=None):
+    return [epoch for epoch in range(1, epochs + 1) if keeps_epoch(epoch, epochs, every)]
+
+
+def test_a_run_keeps_about_ten_epoch_checkpoints_and_always_the_final_one():
+    # A default 300-epoch run: 10 files of ~30 MB, not 300.
+    assert checkpoint_interval(300) == 30
+    assert kept(300) == list(range(30, 301, 30))
+    for epochs in range(1, 401):
+        epoch_files = kept(epochs)
+        assert epoch_files[-1] == epochs and len(epoch_files) <= 10, epochs
+        assert len(epoch_files) >= min(epochs, 5), epochs
+    assert kept(7) == list(range(1, 8))  # short runs keep every epoch
+    assert kept(95) == [10, 20, 30, 40, 50, 60, 70, 80, 90, 95]
+
+
+def test_checkpoint_every_sets_the_kept_epochs():
+    assert kept(20, every=7) == [7, 14, 20]
+    assert kept(6, every=1) == [1, 2, 3, 4, 5, 6]
+    assert kept(5, every=50) == [5]
+
+
+def test_checkpoint_every_must_be_at_least_one():
+    assert load_config(None, {"optim.checkpoint_every": 3}).optim.checkpoint_every == 3
+    for bad in (0, -2):
+        with pytest.raises(InputError, match="optim.checkpoint_every"):
+            load_config(None, {"optim.checkpoint_every": bad})
 
 
 def test_an_unreadable_checkpoint_is_an_input_error(tmp_path):

@@ -1,10 +1,15 @@
 import csv
+import io
+import logging
+import re
+import sys
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
+import cryodomain.workflows.train as train_module
 from cryodomain.errors import InputError
 from cryodomain.examples import STATE_A
 from cryodomain.model.losses import clash_pairs_light
@@ -164,3 +169,63 @@ def test_cosine_learning_rates_warm_up_then_decay_to_the_final_fraction():
     assert learning_rate_factor(config, 7.0) == pytest.approx(0.55)
     assert learning_rate_factor(config, 12.0) == pytest.approx(0.1)
     assert learning_rate_factor(load_config(None, {"optim.epochs": 5, "optim.lr_schedule": "constant"}), 3.0) == 1.0
+
+
+class Pipe(io.StringIO):
+    """stderr redirected to a file or a pipe (a batch job's log)."""
+
+    def isatty(self) -> bool:
+        return False
+
+
+def progress_lines(run_dir) -> list[str]:
+    """The epoch progress lines of train.log, without their time stamp."""
+    lines = [line.split("  ", 1)[1] for line in (run_dir / "train.log").read_text().splitlines()]
+    return [line for line in lines if re.match(r"epoch \d+/\d+  \d+/\d+ steps", line)]
+
+
+def test_checkpoint_every_keeps_some_epochs_and_resume_stays_exact(tmp_path, tiny_simulation, tiny_config_overrides, monkeypatch):
+    overrides = {**tiny_config_overrides, "optim.epochs": 3, "optim.checkpoint_every": 2}
+    straight = run(tmp_path, tiny_simulation, overrides, "straight")
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["epoch_0002.pt", "epoch_0003.pt"]
+    # Stopped after an epoch that keeps no file of its own: last.pt alone carries the run on.
+    resumed = run(tmp_path, tiny_simulation, overrides, "resumed", stop_after_epoch=1)
+    assert not (resumed / "checkpoints").exists() or not list((resumed / "checkpoints").iterdir())
+    assert torch.load(resumed / "last.pt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(sys, "stderr", Pipe())
+    config = load_config(None, overrides)
+    train(tiny_simulation["star"], STATE_A, resumed, config, resume=True, progress=True)
+    final = [torch.load(d / "last.pt", weights_only=False)["model"] for d in (straight, resumed)]
+    for key, value in final[0].items():
+        assert torch.equal(value, final[1][key]), key
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["epoch_0002.pt", "epoch_0003.pt"]
+    # A kept epoch is a checkpoint the analysis commands load (--checkpoint).
+    assert TrainedRun.load(resumed, resumed / "checkpoints" / "epoch_0002.pt").epoch == 2
+
+
+def test_a_non_interactive_run_logs_one_progress_line_per_epoch_with_its_counts(tmp_path, tiny_simulation, tiny_config_overrides, monkeypatch, caplog):
+    stderr = Pipe()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    caplog.set_level(logging.INFO)  # as the command sets it
+    config = load_config(None, {**tiny_config_overrides, "optim.epochs": 3})  # 48 images: 3 steps of 16
+    train(tiny_simulation["star"], STATE_A, tmp_path / "run", config, progress=True)
+    lines = progress_lines(tmp_path / "run")
+    assert [line.split("  ")[:2] for line in lines] == [[f"epoch {epoch}/3", "3/3 steps"] for epoch in (1, 2, 3)]
+    assert all(re.search(r"  [0-9.]+ images/s  loss -?[0-9.]+  correlation", line) for line in lines), lines
+    assert "0/3" not in stderr.getvalue() and "\r" not in stderr.getvalue()  # no bar redrawn into the log
+
+
+def test_a_small_last_batch_is_stepped_with_the_one_before(tmp_path, tiny_simulation, tiny_config_overrides, monkeypatch):
+    original = train_module.compute_losses
+    steps = []
+
+    def recording(model, batch, table, context, betas, *, noise, **kwargs):
+        steps.append((len(batch["index"]), noise[0].shape[0], kwargs["batch_weight"]))
+        return original(model, batch, table, context, betas, noise=noise, **kwargs)
+
+    monkeypatch.setattr(train_module, "compute_losses", recording)
+    # 48 images in batches of 20: 20 and 28 (the last 8 join the second batch), each at full weight.
+    run_dir = run(tmp_path, tiny_simulation, {**tiny_config_overrides, "optim.epochs": 1, "optim.batch_size": 20})
+    assert steps == [(20, 20, 1.0), (28, 28, 1.0)]
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert np.isfinite(float(rows[0]["total"]))

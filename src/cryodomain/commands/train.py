@@ -8,7 +8,9 @@ Examples:
     cryodomain train J42_particles.cs --datadir /data/J42 --structure model.cif -o run2 --epochs 100
     cryodomain train particles.star --structure model.pdb -o run1 --resume
 
-Writes RUN/checkpoints/epoch_NNNN.pt, RUN/last.pt, RUN/metrics.csv, RUN/train.log, RUN/config.yaml.
+Writes RUN/last.pt (every epoch), RUN/checkpoints/epoch_NNNN.pt (every optim.checkpoint_every-th
+epoch and the final one; about ten a run by default), RUN/metrics.csv, RUN/train.log (one line per
+epoch with steps, images/s and losses) and RUN/config.yaml.
 Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves RUN/last.pt and exits; --resume then
 continues from that step with the same result as an uninterrupted run.
 """

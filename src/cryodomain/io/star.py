@@ -3,6 +3,12 @@
 Conversions at the boundary (see :mod:`cryodomain.io.poses`): angles in degrees in the file and
 radians inside, 1-based image numbers in ``rlnImageName`` and 0-based indices inside, shifts in Å
 (``rlnOriginX/YAngst``; RELION 3.0 pixel shifts ``rlnOriginX/Y`` are converted).
+
+Only 2-D single-particle images are read: tomography particle files (any ``rlnTomo*`` label, RELION
+4/5), subtomograms (``rlnImageDimensionality`` 3) and CTF-premultiplied images
+(``rlnCtfDataAreCtfPremultiplied`` 1) are refused. Aberrations that the CTF model leaves out
+(``rlnOddZernike`` / ``rlnEvenZernike`` lists, ``rlnMagMat00``..``11``, ``rlnBeamTiltX/Y``) are read
+past with a warning when they are not zero (identity for the magnification matrix).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from cryodomain.io.particles import (
 )
 from cryodomain.io.poses import matrix_to_relion_euler, relion_euler_to_matrix
 from cryodomain.io.stack import read_stack_header
+from cryodomain.io.star_checks import refuse_unsupported, warn_unmodelled_aberrations
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +151,7 @@ def read_star(path: str | Path, datadir: str | Path | None = None) -> ParticleTa
         extra=particles,
     )
     check_particle_values(table, _FILE_COLUMNS)
+    warn_unmodelled_aberrations(path, merged)
     logger.info(
         "read %d particles from %s (RELION %s, %d optics group(s))",
         len(table),
@@ -220,6 +228,7 @@ def _read_blocks(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         raise input_error(path, None, f"cannot parse as a STAR file ({error})", "give a RELION particle .star file") from error
     # A single-row table may be written as key/value pairs instead of a loop.
     tables = {name: block if isinstance(block, pd.DataFrame) else pd.DataFrame([block]) for name, block in blocks.items()}
+    refuse_unsupported(path, tables)
 
     if "particles" in tables:
         particles = tables["particles"]

@@ -154,6 +154,9 @@ class OptimConfig(_Strict):
     warmup_epochs: float = Field(2.0, ge=0.0)
     final_lr_fraction: float = Field(0.01, ge=0.0, le=1.0)
     num_workers: int = Field(0, ge=0)
+    # Keep checkpoints/epoch_NNNN.pt every this many epochs (and the final one); None: about ten a
+    # run (see run_folder.checkpoint_interval). last.pt is written after every epoch regardless.
+    checkpoint_every: PositiveInt | None = None
 
 
 class RunConfig(_Strict):

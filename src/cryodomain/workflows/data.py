@@ -13,13 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    RandomSampler,
-    SequentialSampler,
-)
+from torch.utils.data import DataLoader, Dataset
 
 from cryodomain.errors import input_error
 from cryodomain.io.particles import ParticleTable
@@ -124,6 +118,20 @@ def _sample_rows(n: int, sample_size: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(n, sample_size), replace=False))
 
 
+def batch_bounds(n_items: int, batch_size: int) -> np.ndarray:
+    """Where the batches of an epoch of ``n_items`` start and end: ``(n_batches + 1,)`` offsets.
+
+    Batches hold ``batch_size`` items, except the last: one smaller than half a batch joins the
+    batch before it (5000 images in batches of 128 end with one of 136, not one of 8 stepped at the
+    weight of a full batch), so every item is seen each epoch and no step rests on a few images.
+    """
+    bounds = list(range(0, n_items, batch_size)) + [n_items]
+    remainder = n_items % batch_size
+    if len(bounds) > 2 and 0 < 2 * remainder < batch_size:
+        del bounds[-2]
+    return np.asarray(bounds, dtype=np.int64)
+
+
 def batch_loader(
     dataset: ParticleBatches,
     batch_size: int,
@@ -136,23 +144,23 @@ def batch_loader(
     start_batch: int = 0,
     processes: Processes = Processes(),
 ) -> DataLoader:
-    """Batches of ``dataset``; shuffled with a generator seeded by (seed, epoch) so a resumed run
-    sees the same order as an uninterrupted one. ``start_batch`` skips the first batches of that
-    order without reading them (a run resumed in the middle of an epoch). With several DDP
-    ``processes``, each process reads its contiguous share of every global batch."""
+    """Batches of ``dataset`` cut by :func:`batch_bounds` (a last batch smaller than half a batch
+    is merged into the one before); shuffled with a generator seeded by (seed, epoch) so a resumed
+    run sees the same order as an uninterrupted one. ``start_batch`` skips the first batches of that
+    order (counted after the merge) without reading them (a run resumed in the middle of an epoch).
+    With several DDP ``processes``, each process reads its contiguous share of every global batch
+    (the same merged batches)."""
     if shuffle:
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        sampler = RandomSampler(range(len(dataset)), generator=generator)
+        order = torch.randperm(len(dataset), generator=generator).tolist()
     else:
-        sampler = SequentialSampler(range(len(dataset)))
-    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
-    if start_batch:
-        batches = list(batches)[start_batch:]
-    if processes.distributed:
-        batches = ShardedBatches(batches, processes)
+        order = list(range(len(dataset)))
+    bounds = batch_bounds(len(dataset), batch_size)
+    batches: list[list[int]] = [order[start:stop] for start, stop in zip(bounds[start_batch:-1], bounds[start_batch + 1 :])]
+    sampler = ShardedBatches(batches, processes) if processes.distributed else batches
     return DataLoader(
         dataset,
-        sampler=batches,
+        sampler=sampler,
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,

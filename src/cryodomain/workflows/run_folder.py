@@ -1,8 +1,11 @@
 """The run folder, owned by one class: what may be written there, and every file training writes.
 
 A run folder holds ``config.yaml`` (the resolved configuration), ``train.log``, ``metrics.csv``
-(one row per epoch), ``tensorboard/`` (when installed), ``checkpoints/epoch_NNNN.pt`` and
-``last.pt``. Every write is atomic, so a killed process leaves the previous files intact.
+(one row per epoch), ``tensorboard/`` (when installed), ``last.pt`` (the latest state: after every
+epoch, and inside one when a signal stops the run) and ``checkpoints/epoch_NNNN.pt`` for every
+``optim.checkpoint_every``-th epoch and the final one (about ten a run when it is not set; a
+checkpoint is ~30 MB, one per epoch would fill gigabytes). Every write is atomic, so a killed
+process leaves the previous files intact.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import csv
 import io
 import logging
 import logging.handlers
+import math
 import pickle
 import shutil
 from collections.abc import Iterator
@@ -32,6 +36,20 @@ RUN_FILES = ("last.pt", "config.yaml", "metrics.csv", "checkpoints")
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "config", "scale", "particles", "structure")
 # The run's log: "time  message" lines.
 LOG_FORMAT = logging.Formatter("%(asctime)s  %(message)s", "%Y-%m-%d %H:%M:%S")
+# About this many epoch checkpoints a run keeps when optim.checkpoint_every is not set.
+KEPT_CHECKPOINTS = 10
+
+
+def checkpoint_interval(epochs: int, every: int | None = None) -> int:
+    """Epochs between two kept ``checkpoints/epoch_NNNN.pt``: ``every`` (``optim.checkpoint_every``),
+    else ``ceil(epochs / KEPT_CHECKPOINTS)`` (30 for 300 epochs, 1 for up to 10)."""
+    return every if every is not None else max(1, math.ceil(epochs / KEPT_CHECKPOINTS))
+
+
+def keeps_epoch(epoch: int, epochs: int, every: int | None = None) -> bool:
+    """Whether completed epoch ``epoch`` (1-based) of a run of ``epochs`` keeps its epoch file:
+    every :func:`checkpoint_interval`-th epoch and the final one (so at most ten by default)."""
+    return epoch == epochs or epoch % checkpoint_interval(epochs, every) == 0
 
 
 class MetricsLog:
@@ -148,16 +166,18 @@ class RunFolder:
             return None
         return SummaryWriter(str(self.path / "tensorboard"))
 
-    def save_checkpoint(self, state: dict, epoch: int, *, mid_epoch: bool = False) -> Path:
-        """Write ``checkpoints/epoch_NNNN.pt`` and ``last.pt`` atomically (and flushed to disk).
+    def save_checkpoint(self, state: dict, epoch: int, *, mid_epoch: bool = False, keep: bool = True) -> Path:
+        """Write ``last.pt``, and ``checkpoints/epoch_NNNN.pt`` before it when kept, atomically
+        (and flushed to disk).
 
         Args:
             state: the checkpoint (see :func:`cryodomain.workflows.train.checkpoint_state`).
             epoch: number of completed epochs.
             mid_epoch: a stop inside epoch ``epoch + 1``: only ``last.pt`` is written.
+            keep: also keep the epoch file (see :func:`keeps_epoch`); else only ``last.pt``.
 
         Returns:
-            The epoch file (``last.pt`` for a mid-epoch checkpoint).
+            The epoch file, or ``last.pt`` when only that is written.
 
         Raises:
             InputError: the disk is full (or not writable); the previous ``last.pt`` stays intact.
@@ -167,7 +187,8 @@ class RunFolder:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         payload = buffer.getbuffer()
-        targets = [self.last] if mid_epoch else [self.checkpoints / f"epoch_{epoch:04d}.pt", self.last]
+        # The epoch file first: a failure leaves last.pt at the previous checkpoint, as the message says.
+        targets = [self.checkpoints / f"epoch_{epoch:04d}.pt", self.last] if keep and not mid_epoch else [self.last]
         for target in targets:
             try:
                 with atomic_output(target, fsync=True) as tmp:

@@ -22,14 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 from cryodomain.allocator import keep_freed_memory
 from cryodomain.errors import InputError, input_error
 from cryodomain.model.cryosphere import CryoSphere
-from cryodomain.progress import progress_bar
+from cryodomain.progress import Progress
 from cryodomain.workflows.config import RunConfig, with_epochs_for
-from cryodomain.workflows.data import batch_loader, check_pixels, dataset_scale
+from cryodomain.workflows.data import batch_bounds, batch_loader, check_pixels, dataset_scale
 from cryodomain.workflows.distributed import Processes, barrier, reduce_sum, resolve_device, share, step_generator
 from cryodomain.workflows.inputs import TrainingData, build_model, load_training_data
 from cryodomain.workflows.objective import LOGGED_VALUES, TERM_NAMES, StepContext, betas_at, build_context, compute_losses, context_at, weighted_total
 from cryodomain.workflows.optimization import build_optimizer, learning_rate_factor, set_l2_weight, set_learning_rates
-from cryodomain.workflows.run_folder import RunFolder, check_resumable, collect_log, load_checkpoint
+from cryodomain.workflows.run_folder import RunFolder, check_resumable, collect_log, keeps_epoch, load_checkpoint
 from cryodomain.workflows.signals import StopSignals, interrupted
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class Trainer:
     def __post_init__(self) -> None:
         # The context of the end of training; train_epoch swaps in each epoch's low-pass.
         self.base_context = self.context
+        # Where each global batch of an epoch starts (the last one may hold up to 1.5 batches).
+        self.batch_bounds = batch_bounds(len(self.data.table), self.config.optim.batch_size)
 
     @property
     def l2_by_weight_decay(self) -> bool:
@@ -111,8 +113,7 @@ def train_step(
     """
     config, processes = trainer.config, trainer.processes
     check_pixels(batch, trainer.data.table)
-    batch_size, n_images = config.optim.batch_size, len(trainer.data.table)
-    global_size = min(batch_size, n_images - step * batch_size)
+    global_size = int(trainer.batch_bounds[step + 1] - trainer.batch_bounds[step])
     rows = share(global_size, processes)
     device = trainer.context.frame.grid.device
     generator = step_generator(config.optim.seed, epoch, step, device)
@@ -199,22 +200,30 @@ def train_epoch(
     batches = iter(loader)
     if rng_after_loader is not None:
         set_rng_state(rng_after_loader)
-    bar = progress_bar(batches, f"epoch {epoch + 1}/{config.optim.epochs}", enabled=progress and processes.is_main, total=len(loader))
+    description = f"epoch {epoch + 1}/{config.optim.epochs}"
+    # A bar on a terminal; in a log, a line every LOG_INTERVAL_S (the epoch's own line closes it).
+    shown = Progress(description, n_steps, initial=start.step, items="images", enabled=progress and processes.is_main)
     trainer.model.train()
     stop_requested = False
-    for step, batch in enumerate(bar, start=start.step):
-        if config.optim.lr_schedule != "constant":
-            set_learning_rates(trainer.optimizer, config, learning_rate_factor(config, epoch + step / n_steps))
-        values, step_images, stop_requested = train_step(trainer, batch, epoch, step, betas, stop=stop)
-        n_seen += step_images
-        for name in LOGGED_VALUES:
-            sums[name] += values[name] * step_images
-        bar.set_postfix(loss=f"{sums['total'] / n_seen:.5f}")
-        if stop_requested and step + 1 < n_steps:
-            return {}, EpochProgress(step + 1, sums, n_seen, time.perf_counter() - started), True
+    try:
+        for step, batch in enumerate(batches, start=start.step):
+            if config.optim.lr_schedule != "constant":
+                set_learning_rates(trainer.optimizer, config, learning_rate_factor(config, epoch + step / n_steps))
+            values, step_images, stop_requested = train_step(trainer, batch, epoch, step, betas, stop=stop)
+            n_seen += step_images
+            for name in LOGGED_VALUES:
+                sums[name] += values[name] * step_images
+            shown.advance(step_images, f"loss {sums['total'] / n_seen:.5f}")
+            if stop_requested and step + 1 < n_steps:
+                return {}, EpochProgress(step + 1, sums, n_seen, time.perf_counter() - started), True
+    finally:
+        shown.close()
     means = {name: sums[name] / n_seen for name in LOGGED_VALUES}
     means.update({f"beta_{name}": value for name, value in betas.items()})
     means["seconds"] = round(time.perf_counter() - started, 3)
+    if processes.is_main:
+        # The epoch's one line, bar or no bar: the steps, the rate and the epoch means.
+        log.info("%s  %s  loss %.6f  correlation %.6f  (%.1f s)", description, shown.counts(), means["total"], means["correlation"], means["seconds"])
     return means, None, stop_requested
 
 
@@ -263,7 +272,9 @@ def train(
     """Train (or resume) a run in ``run_dir``; returns the path of the last checkpoint.
 
     Every input is read and checked before anything is written (a bad input leaves no folder and
-    ``force`` deletes nothing). Every epoch ends with a checkpoint. SIGINT/SIGTERM finish the
+    ``force`` deletes nothing). Every epoch ends with ``last.pt``, every ``optim.checkpoint_every``-th
+    and the final one also with ``checkpoints/epoch_NNNN.pt`` (about ten a run by default; see
+    :func:`~cryodomain.workflows.run_folder.keeps_epoch`). SIGINT/SIGTERM finish the
     current step, save ``last.pt`` with the position inside the epoch and raise
     :class:`~cryodomain.workflows.signals.TrainingInterrupted`; ``resume`` then continues from that
     step, so an interrupted and resumed run ends with the same bits as an uninterrupted one (CPU).
@@ -276,7 +287,8 @@ def train(
         resume: continue from ``run_dir/last.pt`` when it exists (else start at the first epoch).
         force: start over in a folder that holds another run.
         downsample_box: Fourier-crop the images to this box.
-        progress: show progress bars.
+        progress: show progress: a bar on a terminal, else a logged line every 15 s inside an epoch
+            (each epoch logs its own line, with the steps, images/s and losses, either way).
         stop_after_epoch: stop after this epoch (its checkpoint written), as an interruption would.
         data: the inputs already read and checked (else read here).
         processes: this process among the DDP processes; only the main process writes.
@@ -377,8 +389,8 @@ def _train(
                     if writer is not None:
                         for name in LOGGED_VALUES:
                             writer.add_scalar(f"loss/{name}", row[name], epoch + 1)
-                    log.info("epoch %d/%d  loss %.6f  correlation %.6f  (%.1f s)", epoch + 1, epochs, row["total"], row["correlation"], row["seconds"])
-                    folder.save_checkpoint(checkpoint_state(trainer, epoch + 1, inputs), epoch + 1)
+                    keep = keeps_epoch(epoch + 1, epochs, config.optim.checkpoint_every)
+                    folder.save_checkpoint(checkpoint_state(trainer, epoch + 1, inputs), epoch + 1, keep=keep)
                 barrier(processes)
                 saved_epoch = epoch + 1
                 if stop_requested and epoch + 1 < epochs:
