@@ -21,13 +21,19 @@ their electrons. Rotations are about the model frame's origin, the box centre.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import roma
 import torch
+from scipy.stats import rankdata
 from torch import Tensor
 
+from cryodomain import plots
+from cryodomain.io.atomic import save_csv
+from cryodomain.io.structure import AtomicModel
+from cryodomain.io.structure_writer import write_structure
 from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.progress import progress_bar
 from cryodomain.workflows.trained_run import TrainedRun
@@ -186,3 +192,112 @@ def residue_rmsf(run: TrainedRun | CryoSphere, z: np.ndarray, *, batch_size: int
     n = len(z)
     variance = squares / n - (total / n).square().sum(dim=-1)
     return variance.clamp_min(0.0).sqrt().cpu().numpy()
+
+
+def correlations(values: np.ndarray, coordinates: np.ndarray, *, ranked: bool = False) -> np.ndarray:
+    """Pearson (or with ``ranked`` Spearman) correlation of every column of ``values`` ``(N, K)``
+    with every column of ``coordinates`` ``(N, C)``: ``(K, C)``, NaN where a column is constant."""
+    a, b = np.asarray(values, dtype=np.float64), np.asarray(coordinates, dtype=np.float64)
+    if ranked:
+        # Spearman's rho is Pearson's r of the ranks (ties get their mean rank).
+        a, b = rankdata(a, axis=0), rankdata(b, axis=0)
+    a, b = a - a.mean(axis=0), b - b.mean(axis=0)
+    norms = np.outer(np.sqrt((a**2).sum(axis=0)), np.sqrt((b**2).sum(axis=0)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 1e-12 * max(norms.max(initial=0.0), 1.0), (a.T @ b) / norms, np.nan)
+
+
+def motion_pc_table(motions: SegmentMotions, projections: np.ndarray) -> pd.DataFrame:
+    """How strongly each segment's motion follows each latent PC.
+
+    Args:
+        motions: of the N particles.
+        projections: ``(N, C)`` their coordinates along the PCs.
+
+    Returns:
+        One row per segment, quantity (``angle_deg``, ``displacement_A``) and PC: columns segment,
+        quantity, pc (1-based), pearson, spearman.
+    """
+    rows = []
+    for quantity in ("angle_deg", "displacement_A"):
+        values = getattr(motions, quantity)
+        pearson, spearman = correlations(values, projections), correlations(values, projections, ranked=True)
+        for (k, c), value in np.ndenumerate(pearson):
+            rows.append({"segment": k, "quantity": quantity, "pc": c + 1, "pearson": round(value, 6), "spearman": round(spearman[k, c], 6)})
+    return pd.DataFrame(rows, columns=["segment", "quantity", "pc", "pearson", "spearman"])
+
+
+def traversal_table(motions: SegmentMotions, indices: np.ndarray, coordinate: np.ndarray) -> pd.DataFrame:
+    """Each segment's angle and displacement along a PC traversal.
+
+    Args:
+        motions: of all particles.
+        indices: ``(M,)`` particle of each traversal point.
+        coordinate: ``(M,)`` those particles' coordinate along the PC.
+
+    Returns:
+        ``M * K`` rows: point (1-based, as the models of the traversal file), particle,
+        pc_coordinate, segment, angle_deg, displacement_A.
+    """
+    along = motions.subset(np.asarray(indices))
+    k = along.n_segments
+    return pd.DataFrame(
+        {
+            "point": np.repeat(np.arange(1, len(indices) + 1), k),
+            "particle": np.repeat(np.asarray(indices, dtype=np.int64), k),
+            "pc_coordinate": np.repeat(np.asarray(coordinate, dtype=np.float64), k),
+            "segment": np.tile(np.arange(k), len(indices)),
+            "angle_deg": along.angle_deg.reshape(-1),
+            "displacement_A": along.displacement_A.reshape(-1),
+        }
+    )
+
+
+def write_motion_files(out: Path, motions: SegmentMotions, projections: np.ndarray, traversals: list[np.ndarray]) -> list[Path]:
+    """The motion outputs of ``analyze``: motions.csv/png, motions_vs_pc.csv/png, pcK/motions.csv.
+
+    Args:
+        out: the analysis folder.
+        motions: of all N particles (particle order).
+        projections: ``(N, C)`` PC coordinates of the particles.
+        traversals: per traversed PC, ``(M,)`` the particles of its traversal.
+
+    Returns:
+        The written paths (the pictures last).
+    """
+    written = [out / "motions.csv", out / "motions_vs_pc.csv"]
+    save_csv(written[0], motions.table())
+    n_pcs = max(len(traversals), 1)
+    table = motion_pc_table(motions, projections[:, :n_pcs])
+    save_csv(written[1], table)
+    for pc, indices in enumerate(traversals):
+        path = out / f"pc{pc + 1}" / "motions.csv"
+        save_csv(path, traversal_table(motions, indices, projections[indices, pc]))
+        written.append(path)
+    plots.segment_motions(out / "motions.png", motions.angle_deg, motions.displacement_A)
+
+    def grid(quantity: str) -> np.ndarray:
+        rows = table[table["quantity"] == quantity]
+        return rows.pivot(index="segment", columns="pc", values="spearman").to_numpy()
+
+    plots.motion_pc_correlation(out / "motions_vs_pc.png", grid("angle_deg"), grid("displacement_A"))
+    return written + [out / "motions.png", out / "motions_vs_pc.png"]
+
+
+def write_flexibility(path: Path, structure: AtomicModel, rmsf_A: np.ndarray) -> Path:
+    """The base model with each residue's RMSF (Å) in the B-factor column of all its atoms, and the
+    same numbers as ``flexibility.csv`` beside it (chain, residue_number, insertion_code,
+    residue_name, rmsf_A). Returns the table's path."""
+    write_structure(path, structure, structure.atom_coords, full_atom=True, bfactors=np.asarray(rmsf_A, dtype=np.float64))
+    table = pd.DataFrame(
+        {
+            "chain": structure.chain_ids,
+            "residue_number": structure.residue_numbers,
+            "insertion_code": structure.insertion_codes,
+            "residue_name": structure.residue_names,
+            "rmsf_A": np.round(np.asarray(rmsf_A, dtype=np.float64), 4),
+        }
+    )
+    csv = path.with_suffix(".csv")
+    save_csv(csv, table)
+    return csv

@@ -53,8 +53,10 @@ COLUMNS = [
 
 
 def residue_specs(structure: AtomicModel) -> np.ndarray:
-    """``(R,)`` ChimeraX residue specifiers ``/chain:number[insertion code]``, e.g. ``/A:52A``."""
-    return np.array([f"/{chain}:{number}{code}" for chain, number, code in zip(structure.chain_ids, structure.residue_numbers, structure.insertion_codes)])
+    """``(R,)`` ChimeraX residue specifiers ``/chain:number[insertion code]``, e.g. ``/A:52A``
+    (``:52A`` for a blank chain name)."""
+    chains = [f"/{chain.strip()}" if chain.strip() else "" for chain in structure.chain_ids.tolist()]
+    return np.array([f"{chain}:{number}{code}" for chain, number, code in zip(chains, structure.residue_numbers.tolist(), structure.insertion_codes.tolist())])
 
 
 @dataclass(frozen=True)
