@@ -13,7 +13,9 @@ import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 import starfile
+import torch
 
 from cryodomain.commands.main import main
 from cryodomain.errors import InputError
@@ -150,8 +152,9 @@ def test_segments_table_and_bfactor_model(analysed):
 
 def test_volumes_are_on_the_data_grid_centred_on_the_model(analysed):
     maps = sorted(analysed.out.glob("kmeans/center_*.mrc")) + sorted(analysed.out.glob("pc*/point_*.mrc"))
-    assert len(maps) == N_CLUSTERS + 2 * 2
-    assert {path.name for path in analysed.out.glob("pc1/*.mrc")} == {"point_01.mrc", f"point_{N_POINTS:02d}.mrc"}
+    # Every traversal point has its map (a volume series), not only the end points.
+    assert len(maps) == N_CLUSTERS + 2 * N_POINTS
+    assert {path.name for path in analysed.out.glob("pc1/*.mrc")} == {f"point_{i:02d}.mrc" for i in range(1, N_POINTS + 1)}
     centres = np.loadtxt(analysed.out / "kmeans" / "centers_indices.txt", dtype=np.int64)
     ((_, residues),) = decode_batches(analysed.model, analysed.z[centres[:1]], progress=False)
     amplitudes = analysed.data.structure.amplitudes
@@ -173,7 +176,16 @@ def test_volumes_are_on_the_data_grid_centred_on_the_model(analysed):
 
 
 def test_pictures_are_written_and_not_blank(analysed):
-    for name in ("latent_pca.png", "latent_umap.png", "pca_explained_variance.png", "segments.png", "training_curves.png", "images.png"):
+    for name in (
+        "latent_pca.png",
+        "latent_umap.png",
+        "pca_explained_variance.png",
+        "segments.png",
+        "training_curves.png",
+        "images.png",
+        "motions.png",
+        "motions_vs_pc.png",
+    ):
         path = analysed.out / name
         assert path.stat().st_size > 0, name
         pixels = plt.imread(path)
@@ -281,3 +293,106 @@ def test_volume_header_for_a_chosen_grid(tmp_path):
     with mrcfile.open(tmp_path / "v.mrc") as mrc:
         assert mrc.data.shape == (20, 20, 20) and mrc.voxel_size.z == pytest.approx(5.0)
         assert (mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z) == pytest.approx((-50.0, -50.0, -50.0))
+
+
+def map_grid(path):
+    with mrcfile.open(path) as mrc:
+        origin = (float(mrc.header.origin.x), float(mrc.header.origin.y), float(mrc.header.origin.z))
+        return mrc.data.shape, tuple(float(v) for v in mrc.voxel_size.tolist()), origin
+
+
+def test_the_maps_of_a_series_share_one_grid_and_origin(analysed):
+    for folder, pattern in (("pc1", "point_*.mrc"), ("pc2", "point_*.mrc"), ("kmeans", "center_*.mrc")):
+        grids = {map_grid(path) for path in sorted((analysed.out / folder).glob(pattern))}
+        assert len(grids) == 1, folder
+        ((shape, voxel, origin),) = grids
+        assert shape == (BOX, BOX, BOX) and voxel == (APIX,) * 3 and origin == (-(BOX // 2) * APIX,) * 3
+    # The maps of a traversal differ: the structures moved.
+    first, last = (mrcfile.read(analysed.out / "pc1" / name) for name in ("point_01.mrc", f"point_{N_POINTS:02d}.mrc"))
+    assert not np.array_equal(first, last)
+
+
+N_SEGMENTS = 3  # the tiny run's segments
+
+
+def test_motions_are_the_decoders_rotations_and_the_centres_displacements(analysed):
+    table = pd.read_csv(analysed.out / "motions.csv")
+    assert len(table) == N_IMAGES * N_SEGMENTS
+    assert table["particle"].tolist() == np.repeat(np.arange(N_IMAGES), N_SEGMENTS).tolist()
+    assert table["segment"].tolist() == np.tile(np.arange(N_SEGMENTS), N_IMAGES).tolist()
+    # Compare with the model's own output at the latent means.
+    with torch.no_grad():
+        deformation = analysed.model.decode(torch.as_tensor(analysed.z), sample_segmentation=False)
+    rotvecs = deformation.segment_rotvecs.double().numpy()
+    angle = np.degrees(np.linalg.norm(rotvecs, axis=-1))  # the decoder keeps angles below 180
+    np.testing.assert_allclose(table["angle_deg"].to_numpy().reshape(N_IMAGES, N_SEGMENTS), angle, atol=1e-3)
+    axis = table[["axis_x", "axis_y", "axis_z"]].to_numpy().reshape(N_IMAGES, N_SEGMENTS, 3)
+    np.testing.assert_allclose(axis, rotvecs / np.linalg.norm(rotvecs, axis=-1, keepdims=True), atol=1e-4)
+    # Membership-weighted centres of the residues before and after, by hand.
+    weights = deformation.memberships.double().numpy()  # (N, R, K)
+    base = analysed.data.structure.coords
+    before = np.einsum("nrk,rx->nkx", weights, base) / weights.sum(1)[..., None]
+    after = np.einsum("nrk,nrx->nkx", weights, deformation.coords.double().numpy()) / weights.sum(1)[..., None]
+    np.testing.assert_allclose(table["displacement_A"].to_numpy().reshape(N_IMAGES, N_SEGMENTS), np.linalg.norm(after - before, axis=-1), atol=1e-3)
+
+
+def test_motions_along_each_traversal_and_against_the_pcs(analysed):
+    everything = pd.read_csv(analysed.out / "motions.csv")
+    pca = latent_pca(analysed.z)
+    for pc in (1, 2):
+        along = pd.read_csv(analysed.out / f"pc{pc}" / "motions.csv")
+        indices = np.loadtxt(analysed.out / f"pc{pc}" / "indices.txt", dtype=np.int64)
+        assert len(along) == N_POINTS * N_SEGMENTS
+        assert along["point"].tolist() == np.repeat(np.arange(1, N_POINTS + 1), N_SEGMENTS).tolist()
+        assert along["particle"].tolist() == np.repeat(indices, N_SEGMENTS).tolist()
+        np.testing.assert_allclose(along["pc_coordinate"], np.repeat(pca.projections[indices, pc - 1], N_SEGMENTS), atol=1e-5)
+        rows = everything.set_index(["particle", "segment"]).loc[list(zip(along["particle"], along["segment"]))]
+        np.testing.assert_allclose(along["angle_deg"], rows["angle_deg"], atol=1e-9)
+    correlation = pd.read_csv(analysed.out / "motions_vs_pc.csv")
+    assert len(correlation) == 2 * N_SEGMENTS * 2 and set(correlation["quantity"]) == {"angle_deg", "displacement_A"}
+    row = correlation[(correlation["quantity"] == "displacement_A") & (correlation["segment"] == 1) & (correlation["pc"] == 2)].iloc[0]
+    displacement = everything[everything["segment"] == 1]["displacement_A"].to_numpy()
+    assert row["spearman"] == pytest.approx(scipy.stats.spearmanr(displacement, pca.projections[:, 1]).statistic, abs=1e-5)
+    assert row["pearson"] == pytest.approx(np.corrcoef(displacement, pca.projections[:, 1])[0, 1], abs=1e-5)
+
+
+def test_flexibility_holds_the_rmsf_of_the_decoded_residues(analysed):
+    coords = np.concatenate([c for _, c in decode_batches(analysed.model, analysed.z, progress=False)]).astype(np.float64)
+    rmsf = np.sqrt(((coords - coords.mean(axis=0)) ** 2).sum(axis=-1).mean(axis=0))
+    written = gemmi.read_structure(str(analysed.out / "flexibility.pdb"))
+    assert written[0].count_atom_sites() == N_ATOMS
+    # The B-factor column holds 2 decimals.
+    np.testing.assert_allclose([residue[0].b_iso for chain in written[0] for residue in chain], rmsf, atol=6e-3)
+    table = pd.read_csv(analysed.out / "flexibility.csv")
+    np.testing.assert_allclose(table["rmsf_A"], rmsf, atol=1e-4)
+    assert rmsf.max() > 0
+
+
+def test_full_atom_structures_are_checked_and_summarised(analysed):
+    for folder, n_models in (("pc1", N_POINTS), ("pc2", N_POINTS), ("kmeans", N_CLUSTERS)):
+        report = pd.read_csv(analysed.out / folder / "structures_quality.csv", keep_default_na=False)
+        assert report["model"].tolist() == list(range(n_models + 1))
+        assert (report["peptide_bonds"] == 326).all() and (report["phosphodiester_bonds"] == 23).all()
+    (line,) = [line for line in analysed.summary.splitlines() if "full-atom quality" in line]
+    assert f"{2 * N_POINTS + N_CLUSTERS} structures" in line and "1.2-1.5 Å" in line and "2.2 Å" in line
+
+
+def test_chimerax_scripts_open_files_that_exist(analysed):
+    folder = analysed.out / "chimerax"
+    assert {path.name for path in folder.iterdir()} == {
+        "segments.defattr", "pc1.cxc", "pc2.cxc", "movie_pc1.cxc", "movie_pc2.cxc", "kmeans.cxc", "flexibility.cxc",
+    }  # fmt: skip
+    for script in folder.glob("*.cxc"):
+        for line in script.read_text().splitlines():
+            if line.startswith("open "):
+                names = [word for word in line.split()[1:] if not word.startswith("#")]
+                names = names[: next((i for i, word in enumerate(names) if word in ("models", "vseries")), len(names))]
+                for name in names:
+                    assert (folder / name).is_file(), f"{script.name}: {name}"
+    pc1 = (folder / "pc1.cxc").read_text()
+    assert "open ../pc1/trajectory.pdb" in pc1 and pc1.count("open segments.defattr models #1.") == N_POINTS
+    assert " ".join(f"../pc1/point_{i:02d}.mrc" for i in range(1, N_POINTS + 1)) + " vseries true" in pc1
+    segment, _ = analysed.model.segmentation.hard_assignment()
+    data = [line.split("\t") for line in (folder / "segments.defattr").read_text().splitlines() if line.startswith("\t")]
+    assert len(data) == N_RESIDUES and [int(value) for _, _, value in data] == segment.tolist()
+    assert str(folder) in analysed.summary

@@ -3,8 +3,12 @@
 Writes OUT/z.npy (latent mean per particle), PCA traversals OUT/pcK/trajectory.pdb (multi-model,
 structures at the real latents nearest to 10 points from the 5th to the 95th percentile of PC K),
 k-means centres OUT/kmeans/centers.pdb with one RELION star file per cluster, the segmentation
-OUT/segments.csv and OUT/segments.pdb (segment in the B-factor column), and PNG pictures. mmCIF
-(.cif) replaces PDB when a chain name is longer than 2 characters.
+OUT/segments.csv and OUT/segments.pdb (segment in the B-factor column), segment motions per
+particle OUT/motions.csv (angle, axis, translation, centre displacement; how they follow each PC in
+OUT/motions_vs_pc.csv, along each traversal in OUT/pcK/motions.csv), per-residue RMSF as
+B-factors OUT/flexibility.pdb, ChimeraX scripts OUT/chimerax/*.cxc (open one in ChimeraX), and PNG
+pictures. With --full-atom, bond and clash checks per structure (structures_quality.csv beside
+each multi-model file). mmCIF (.cif) replaces PDB when a chain name is longer than 2 characters.
 
 Examples:
     cryodomain analyze run1 -o run1/analysis
@@ -34,7 +38,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kmeans", type=int, default=defaults.n_clusters, help="k-means clusters (default %(default)s)")
     parser.add_argument("--umap", action="store_true", help="also embed the latents with UMAP (needs: pip install umap-learn)")
     parser.add_argument("--full-atom", action="store_true", help="structures with every atom (default CA/C1' only)")
-    parser.add_argument("--volumes", action="store_true", help="render MRC maps of the k-means centres and traversal end points")
+    parser.add_argument("--volumes", action="store_true", help="render MRC maps of the k-means centres and of every traversal point")
     parser.add_argument("--box", type=int, help="map side in voxels (default: the run's image box)")
     parser.add_argument("--apix", type=float, help="map voxel size in Å (default: the run's pixel size)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -71,6 +75,15 @@ def describe(out: AnalysisOutputs) -> str:
         f"  segmentation:     {out.segments_table}, {out.segments_structure} (colour by B-factor: segment + 1, 0 = fixed)",
         f"  latent means:     {out.latents}",
     ]
+    if out.motions:
+        lines.append(f"  segment motions:  {out.motions[0]} (vs the PCs: {out.out_dir / 'motions_vs_pc.csv'}; along traversals: pc*/motions.csv)")
+    if out.flexibility is not None:
+        lines.append(f"  flexibility:      {out.flexibility} (RMSF over all particles in the B-factor column, Å)")
     if out.volumes:
         lines.append(f"  volumes:          {len(out.volumes)} maps (.mrc) in {out.out_dir}/kmeans and {out.out_dir}/pc*/")
+    if out.chimerax:
+        scripts = [path.name for path in out.chimerax if path.suffix == ".cxc"]
+        lines.append(f"  ChimeraX:         {out.chimerax[0].parent}/ ({', '.join(scripts)})")
+    if out.quality_summary:
+        lines.append(f"  {out.quality_summary}")
     return "\n".join(lines)

@@ -9,9 +9,16 @@ From the latent mean of every image (in particle order):
   and one RELION star file per cluster holding that cluster's particles.
 * Optional UMAP embedding (``umap-learn``, an optional dependency).
 * The learned segmentation per residue, as a table and as B-factors of the base model.
-* Optional volumes of the decoded structures, rendered with the residue Gaussians of training.
+* Optional volumes of the decoded structures (every traversal point, the centres), rendered with
+  the residue Gaussians of training; the maps of a series share one grid and origin.
+* Segment motions per particle (:mod:`~cryodomain.workflows.motions`), how they follow each PC and
+  along each traversal; per-residue flexibility (RMSF) as B-factors of the base model.
+* With full atoms, bond and clash checks of every decoded structure
+  (:mod:`~cryodomain.workflows.structure_quality`).
+* ChimeraX scripts (:mod:`~cryodomain.workflows.chimerax`) that play the traversals and centres
+  coloured by segment, and record a movie per PC.
 * Pictures: latent density with traversals and centres, explained variance, segment membership,
-  training curves, observed vs model images.
+  segment motions, training curves, observed vs model images.
 
 Every file is written atomically.
 """
@@ -34,13 +41,14 @@ from cryodomain.io.star import write_star
 from cryodomain.io.structure import AtomicModel
 from cryodomain.io.structure_writer import write_structure
 from cryodomain.model.cryosphere import CryoSphere
-from cryodomain.model.losses import correlation_loss
 from cryodomain.physics.render import render_volume
 from cryodomain.progress import progress_bar
+from cryodomain.workflows.chimerax import Series, write_scripts
 from cryodomain.workflows.distributed import Processes, resolve_device
+from cryodomain.workflows.fit_report import example_rows, metric_curves, observed_and_model_images
 from cryodomain.workflows.latent import LatentPCA, kmeans_latents, latent_pca, pc_traversal, require_umap, umap_embedding
-from cryodomain.workflows.objective import WEIGHTED_TERMS, model_images, term_weight
-from cryodomain.workflows.run_folder import MetricsLog
+from cryodomain.workflows.motions import residue_rmsf, segment_motions, write_flexibility, write_motion_files
+from cryodomain.workflows.structure_quality import quality_summary, write_quality
 from cryodomain.workflows.structures import decode_batches
 from cryodomain.workflows.trained_run import TrainedRun
 
@@ -57,7 +65,7 @@ class AnalysisSettings:
         n_clusters: k-means clusters (at most the number of images).
         umap: also compute a UMAP embedding (needs ``umap-learn``).
         full_atom: decoded structures hold every atom (default: CA / C1' only).
-        volumes: render MRC maps of the k-means centres and the traversal end points.
+        volumes: render MRC maps of the k-means centres and of every traversal point.
         volume_box: side of the maps in voxels (default: the run's image box).
         volume_pixel_size_A: voxel size in Å (default: the run's pixel size).
         n_example_images: particles shown in the observed vs model picture.
@@ -91,6 +99,11 @@ class AnalysisOutputs:
     segments_structure: Path | None = None
     volumes: list[Path] = field(default_factory=list)
     pictures: list[Path] = field(default_factory=list)
+    motions: list[Path] = field(default_factory=list)
+    flexibility: Path | None = None
+    quality_tables: list[Path] = field(default_factory=list)
+    quality_summary: str | None = None
+    chimerax: list[Path] = field(default_factory=list)
 
 
 def check_settings(settings: AnalysisSettings) -> None:
@@ -161,65 +174,6 @@ def write_structure_volumes(
 
 
 # ---------------------------------------------------------------------------------------------
-# Images and training curves
-# ---------------------------------------------------------------------------------------------
-
-
-def observed_and_model_images(run: TrainedRun, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Experimental images as training compares them, and the model's images, for some particles.
-
-    The observed image is the training target (scaled, shifted into the model frame, filtered and
-    masked as configured); the model image is formed exactly as in training
-    (:func:`~cryodomain.workflows.objective.model_images`) from the structure at the image's latent
-    mean with the segmentation means (no sampling).
-
-    Args:
-        run: the trained run (its model's device is used).
-        rows: ``(B,)`` particle indices.
-
-    Returns:
-        ``(observed, predicted, correlation)``: ``(B, N, N)``, ``(B, N, N)`` float32 and ``(B,)``
-        the normalised correlation of each pair (the training loss's measure, sign flipped).
-    """
-    batch = run.data.dataset[[int(row) for row in rows]]
-    with torch.no_grad():
-        seen = model_images(run.model, batch, run.data.table, run.context, sample=False)
-        correlation = torch.stack([-correlation_loss(seen.predicted[i : i + 1], seen.target[i : i + 1]) for i in range(len(rows))])
-    return seen.target.cpu().numpy(), seen.predicted.cpu().numpy(), correlation.cpu().numpy()
-
-
-def metric_curves(metrics_path: str | Path, n_pixels: int) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]] | None:
-    """Loss curves from a run's ``metrics.csv``; None when it is missing or empty.
-
-    Args:
-        metrics_path: the run's ``metrics.csv``.
-        n_pixels: pixels per image, ``N * N`` (per-pixel terms enter the loss divided by it).
-
-    Returns:
-        ``(epochs (E,), {"total", "correlation"}, {term: weighted value})``, each value ``(E,)``:
-        the regulariser as it entered the total loss (:func:`~cryodomain.workflows.objective.term_weight`).
-    """
-    rows = MetricsLog(Path(metrics_path)).read()
-    if not rows:
-        return None
-
-    def column(name: str) -> np.ndarray:
-        return np.array([float(row[name]) for row in rows])
-
-    epochs = column("epoch").astype(np.int64)
-    losses = {name: column(name) for name in ("total", "correlation")}
-    regularisers = {
-        term.name: np.array([term_weight(term, beta, n_pixels) for beta in column(f"beta_{term.name}")]) * column(term.name) for term in WEIGHTED_TERMS
-    }
-    return epochs, losses, regularisers
-
-
-def example_rows(n_images: int, n_examples: int) -> np.ndarray:
-    """Up to ``n_examples`` particle indices spread evenly over the dataset, ``(B,)`` int64."""
-    return np.unique(np.linspace(0, n_images - 1, min(n_examples, n_images)).round().astype(np.int64))
-
-
-# ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
 
@@ -256,9 +210,21 @@ class _Analysis:
     atoms_of: AtomicModel | None  # full-atom outputs
     volume_box: int
     volume_apix: float
+    series: dict[str, Series] = field(default_factory=dict)  # "pc1", ..., "kmeans": for ChimeraX
+    quality: dict[str, pd.DataFrame] = field(default_factory=dict)  # the same keys, full atom only
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         return decode_structures(self.run.model, z, atoms_of=self.atoms_of, progress=self.settings.progress)
+
+    def write_structures(self, path: Path, z: np.ndarray, key: str, outputs: AnalysisOutputs) -> None:
+        """Decode ``z`` into the multi-model file ``path``; full-atom structures are checked beside it."""
+        coords = self.decode(z)
+        write_structure(path, self.run.data.structure, coords, full_atom=self.settings.full_atom)
+        if self.atoms_of is not None:
+            report = path.parent / "structures_quality.csv"
+            self.quality[key] = write_quality(report, self.atoms_of, coords)
+            outputs.quality_tables.append(report)
+        _remove_stale(path.parent, "structures_quality.csv", outputs.quality_tables)
 
     def write_volumes(self, paths: list[Path], z: np.ndarray) -> None:
         sigma = self.run.config.model.sigma_A
@@ -292,13 +258,16 @@ def _pca_part(job: _Analysis, outputs: AnalysisOutputs) -> tuple[LatentPCA, list
         save_npy(directory / "z.npy", z[indices])
         save_indices(directory / "indices.txt", indices)
         trajectory = directory / f"trajectory{job.suffix}"
-        write_structure(trajectory, job.run.data.structure, job.decode(z[indices]), full_atom=settings.full_atom)
+        job.write_structures(trajectory, z[indices], f"pc{pc + 1}", outputs)
         outputs.trajectories.append(trajectory)
-        if settings.volumes:
-            ends = [0, len(indices) - 1]
-            paths = [directory / f"point_{end + 1:0{point_width}d}.mrc" for end in ends]
-            job.write_volumes(paths, z[indices[ends]])
+        paths = [directory / f"point_{point + 1:0{point_width}d}.mrc" for point in range(len(indices))] if settings.volumes else []
+        if paths:
+            # Every point, on the one grid of the run: a volume series (ChimeraX vseries).
+            job.write_volumes(paths, z[indices])
             outputs.volumes += paths
+        job.series[f"pc{pc + 1}"] = Series(
+            trajectory, len(indices), paths, f"PC{pc + 1} traversal, {len(indices)} structures from the 5th to the 95th percentile"
+        )
         _remove_stale(directory, "point_*.mrc", outputs.volumes)
         log.info("PC%d: %d structures from the 5th to the 95th percentile in %s", pc + 1, len(indices), trajectory)
     return pca, traversals
@@ -315,7 +284,7 @@ def _kmeans_part(job: _Analysis, outputs: AnalysisOutputs) -> np.ndarray:
     save_npy(kmeans_dir / "centers_z.npy", z[centres])
     save_indices(kmeans_dir / "centers_indices.txt", centres)
     outputs.kmeans_structures = kmeans_dir / f"centers{job.suffix}"
-    write_structure(outputs.kmeans_structures, job.run.data.structure, job.decode(z[centres]), full_atom=settings.full_atom)
+    job.write_structures(outputs.kmeans_structures, z[centres], "kmeans", outputs)
     for cluster in progress_bar(range(n_clusters), "cluster star files", enabled=settings.progress):
         members = np.flatnonzero(labels == cluster)
         if members.size == 0:
@@ -325,10 +294,11 @@ def _kmeans_part(job: _Analysis, outputs: AnalysisOutputs) -> np.ndarray:
         path = kmeans_dir / f"cluster_{cluster:0{width}d}.star"
         write_star(path, table.subset(members))
         outputs.cluster_stars.append(path)
-    if settings.volumes:
-        paths = [kmeans_dir / f"center_{cluster:0{width}d}.mrc" for cluster in range(n_clusters)]
+    paths = [kmeans_dir / f"center_{cluster:0{width}d}.mrc" for cluster in range(n_clusters)] if settings.volumes else []
+    if paths:
         job.write_volumes(paths, z[centres])
         outputs.volumes += paths
+    job.series["kmeans"] = Series(outputs.kmeans_structures, n_clusters, paths, f"{n_clusters} k-means centres (real particles)")
     _remove_stale(kmeans_dir, "cluster_*.star", outputs.cluster_stars)
     _remove_stale(kmeans_dir, "center_*.mrc", outputs.volumes)
     log.info("k-means: %d clusters of sizes %s", n_clusters, np.bincount(labels, minlength=n_clusters).tolist())
@@ -344,6 +314,29 @@ def _segments_part(job: _Analysis, outputs: AnalysisOutputs) -> tuple[np.ndarray
     outputs.segments_structure = job.out / f"segments{job.suffix}"
     write_structure(outputs.segments_structure, structure, structure.atom_coords, full_atom=True, bfactors=segment + 1.0)
     return segment, probability
+
+
+def _motions_part(job: _Analysis, outputs: AnalysisOutputs, pca: LatentPCA, traversals: list[np.ndarray]) -> None:
+    """Segment motions of every particle, against the PCs and along the traversals; flexibility."""
+    batch, progress = job.settings.batch_size, job.settings.progress
+    motions = segment_motions(job.run, job.z, batch_size=batch, progress=progress)
+    written = write_motion_files(job.out, motions, pca.projections, traversals)
+    outputs.motions = [path for path in written if path.suffix == ".csv"]
+    outputs.pictures += [path for path in written if path.suffix == ".png"]
+    rmsf = residue_rmsf(job.run, job.z, batch_size=batch, progress=progress)
+    outputs.flexibility = job.out / f"flexibility{job.suffix}"
+    write_flexibility(outputs.flexibility, job.run.data.structure, rmsf)
+    log.info("flexibility: RMSF median %.2f Å, largest %.2f Å", float(np.median(rmsf)), float(rmsf.max()))
+
+
+def _chimerax_part(job: _Analysis, outputs: AnalysisOutputs, segment: np.ndarray) -> None:
+    """The segment attribute file and one ChimeraX script per traversal, per movie, for the centres."""
+    pcs = [series for key, series in job.series.items() if key.startswith("pc")]
+    n_segments = job.run.model.segmentation.n_segments
+    directory = job.out / "chimerax"
+    structure = job.run.data.structure
+    outputs.chimerax = write_scripts(directory, structure, segment, n_segments, pcs, job.series.get("kmeans"), outputs.flexibility)
+    _remove_stale(directory, "*.cxc", outputs.chimerax)
 
 
 def _pictures_part(job: _Analysis, outputs: AnalysisOutputs, pca: LatentPCA, traversals: list[np.ndarray], centres: np.ndarray, segmentation) -> None:
@@ -435,6 +428,11 @@ def analyze_run(
     )
     pca, traversals = _pca_part(job, outputs)
     centres = _kmeans_part(job, outputs)
+    if job.quality:
+        outputs.quality_summary = quality_summary(job.quality)
+        log.info("%s", outputs.quality_summary)
     segmentation = _segments_part(job, outputs)
+    _motions_part(job, outputs, pca, traversals)
+    _chimerax_part(job, outputs, segmentation[0])
     _pictures_part(job, outputs, pca, traversals, centres, segmentation)
     return outputs
