@@ -54,6 +54,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed (default 0); CPU runs are repeatable bit for bit")
     parser.add_argument("--downsample", type=int, metavar="BOX", help="Fourier-crop the images to this box (pixel size scaled)")
     parser.add_argument("--invert-contrast", action="store_true", default=None, help="the data has dark protein (not RELION's contrast)")
+    parser.add_argument(
+        "--no-convention-check",
+        action="store_true",
+        help="skip the preflight test of contrast, rotation and shift conventions (data.convention_check: false), for odd data",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --outdir from RUN/last.pt")
     parser.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
     parser.add_argument(
@@ -72,6 +77,7 @@ def main(args: argparse.Namespace) -> None:
     overrides = {
         "data.datadir": args.datadir,
         "data.invert_contrast": args.invert_contrast,
+        "data.convention_check": False if args.no_convention_check else None,
         "optim.epochs": args.epochs,
         "optim.batch_size": args.batch_size,
         "optim.lr": args.lr,

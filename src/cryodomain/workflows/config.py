@@ -130,6 +130,9 @@ class DataConfig(_Strict):
     lowpass_fraction: float = Field(0.75, gt=0.0, le=1.0)
     mask_radius_fraction: float | None = Field(None, gt=0.0, le=1.0)
     normalization_sample: PositiveInt = 1000
+    # Before training, refuse images that fit another reading of the contrast, rotations or shifts
+    # clearly better (workflows/conventions_check.py); false skips it, for odd data.
+    convention_check: bool = True
 
 
 # Image passes of a default run (epochs x particles): 5000 particles at 64 px train 80 epochs,

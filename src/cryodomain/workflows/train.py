@@ -24,6 +24,7 @@ from cryodomain.errors import InputError, input_error
 from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.progress import Progress
 from cryodomain.workflows.config import RunConfig, with_epochs_for
+from cryodomain.workflows.conventions_check import check_conventions
 from cryodomain.workflows.data import batch_bounds, batch_loader, check_pixels, dataset_scale
 from cryodomain.workflows.distributed import Processes, barrier, reduce_sum, resolve_device, share, step_generator
 from cryodomain.workflows.inputs import TrainingData, build_model, load_training_data
@@ -308,6 +309,8 @@ def train(
         if config.optim.epochs is None:
             config = with_epochs_for(config, len(data.table))
             log.info("optim.epochs not set: %d epochs for %d particles", config.optim.epochs, len(data.table))
+        # The last check: inputs read with a wrong convention would train for hours on nothing.
+        check_conventions(data, config, particles)
     barrier(processes)
     if processes.is_main and force and not resume:
         folder.clear()
