@@ -70,10 +70,22 @@ def test_train_structures_evaluate_from_the_command_line(tmp_path, tiny_simulati
 
     indices = tmp_path / "indices.txt"
     indices.write_text("0\n5\n7\n")
-    assert main(["structures", str(run), "-o", str(tmp_path / "sel"), "--indices", str(indices), "--full-atom", "--format", "cif"]) == 0
+    (tmp_path / "sel" / "models").mkdir(parents=True)
+    (tmp_path / "sel" / "models" / "model_0009.cif").write_text("from an earlier, longer run")
+    assert main(["structures", str(run), "-o", str(tmp_path / "sel"), "--indices", str(indices), "--full-atom", "--format", "cif", "--split"]) == 0
     assert np.load(tmp_path / "sel" / "coords.npy").shape == (3, 3115, 3)
     selected = gemmi.read_structure(str(tmp_path / "sel" / "structures.cif"))
     assert len(selected) == 3 and selected[0].count_atom_sites() == 3115
+    # --split: one mmCIF per model, the same coordinates as that model of the multi-model file.
+    assert sorted(path.name for path in (tmp_path / "sel" / "models").iterdir()) == ["model_0001.cif", "model_0002.cif", "model_0003.cif"]
+    third = gemmi.read_structure(str(tmp_path / "sel" / "models" / "model_0003.cif"))
+    assert len(third) == 1 and third[0].count_atom_sites() == 3115
+    positions = [[atom.pos.tolist() for residue in chain for atom in residue] for chain in third[0]]
+    expected = [[atom.pos.tolist() for residue in chain for atom in residue] for chain in selected[2]]
+    np.testing.assert_allclose(np.concatenate(positions), np.concatenate(expected), atol=1e-3)
+    # Full atoms: a geometry report, the input model first.
+    quality = (tmp_path / "sel" / "structures_quality.csv").read_text().splitlines()
+    assert quality[0].startswith("model,peptide_bonds,peptide_out_of_range") and len(quality) == 1 + 1 + 3
 
     result = cli("evaluate", str(run), "--truth", str(tiny_simulation["truth"]), "-o", str(tmp_path / "eval"), "--map-images", "4")
     assert result.returncode == 0, result.stderr

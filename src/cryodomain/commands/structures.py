@@ -2,12 +2,17 @@
 
 Always writes OUT/coords.npy (images x residues x 3, Å, float32, in the frame of the input model;
 images x atoms x 3 with --full-atom); with --format pdb or cif also one multi-model file
-OUT/structures.pdb|cif that ChimeraX plays as a series. Decoding streams to disk.
+OUT/structures.pdb|cif that ChimeraX plays as a series; with --split one mmCIF per model
+OUT/models/model_0001.cif ... (numbered as in the multi-model file). With --full-atom,
+OUT/structures_quality.csv checks every structure: peptide C-N bonds outside 1.2-1.5 Å, O3'-P
+outside 1.5-1.7 Å, heavy-atom clashes under 2.2 Å between residues not bonded to each other (row
+0 is the input model). Decoding streams to disk.
 
 Examples (also under torchrun, e.g. torchrun --nproc_per_node=4 -m cryodomain structures ...):
     cryodomain structures run1 -o run1/structures
     cryodomain structures run1 -o sel --indices chosen.txt --full-atom --format cif
     cryodomain structures run1 -o path --z points.npy --format pdb
+    cryodomain structures run1 -o sel --indices chosen.txt --full-atom --format cif --split
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import torch
 from cryodomain.errors import input_error
 from cryodomain.io.structure_writer import write_structure
 from cryodomain.workflows.distributed import Processes, resolve_device, start, stop
-from cryodomain.workflows.structures import write_coordinates
+from cryodomain.workflows.structure_quality import quality_summary, write_quality
+from cryodomain.workflows.structures import write_coordinates, write_split_models
 from cryodomain.workflows.trained_run import TrainedRun
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--z", help=".npy file of latent points (M x D) to decode instead of particles")
     parser.add_argument("--full-atom", action="store_true", help="move every atom with its residue (default CA/C1' only)")
     parser.add_argument("--format", choices=("npy", "pdb", "cif"), default="npy", help="also write a multi-model file (default npy only)")
+    parser.add_argument("--split", action="store_true", help="also write one mmCIF file per model in OUT/models/")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
@@ -90,3 +97,9 @@ def _structures(args: argparse.Namespace, device, processes: Processes) -> None:
         path = out / f"structures.{args.format}"
         write_structure(path, data.structure, np.asarray(coords), full_atom=args.full_atom)
         log.info("wrote %d models to %s", len(coords), path)
+    if args.split:
+        paths = write_split_models(out / "models", data.structure, coords, full_atom=args.full_atom)
+        log.info("wrote %d model files to %s", len(paths), out / "models")
+    if args.full_atom:
+        report = write_quality(out / "structures_quality.csv", data.structure, coords)
+        log.info("%s (%s)", quality_summary({"structures": report}), out / "structures_quality.csv")

@@ -1,4 +1,4 @@
-"""Decoding latents into structures: CA/C1' coordinates and full-atom models."""
+"""Decoding latents into structures: CA/C1' coordinates and full-atom models, one file or one per model."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from cryodomain.io.structure import AtomicModel
+from cryodomain.io.structure_writer import write_structure
 from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.model.deformation import deform_atoms
 from cryodomain.progress import progress_bar
@@ -79,3 +80,28 @@ def write_coordinates(
         raise
     barrier(processes)
     return np.load(path, mmap_mode="r")
+
+
+def write_split_models(directory: Path, structure: AtomicModel, coords: np.ndarray, *, full_atom: bool, progress: bool = True) -> list[Path]:
+    """One mmCIF file per structure, ``model_0001.cif`` ... numbered as the models of the multi-model
+    file; files of an earlier, longer run in ``directory`` are removed.
+
+    Args:
+        directory: where the files go (created).
+        structure: the base model (names, numbers, chains).
+        coords: ``(M, R, 3)`` residues or with ``full_atom`` ``(M, A, 3)`` atoms, Å.
+        full_atom: whether ``coords`` holds every atom.
+
+    Returns:
+        The M paths, in model order.
+    """
+    directory = Path(directory)
+    width = max(4, len(str(len(coords))))
+    paths = [directory / f"model_{number:0{width}d}.cif" for number in range(1, len(coords) + 1)]
+    for path, model in progress_bar(list(zip(paths, coords)), "model files", enabled=progress):
+        write_structure(path, structure, np.asarray(model), full_atom=full_atom)
+    kept = {path.name for path in paths}
+    for stale in directory.glob("model_*.cif"):
+        if stale.name not in kept:
+            stale.unlink()
+    return paths
