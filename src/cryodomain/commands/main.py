@@ -28,6 +28,7 @@ COMMANDS = {
     "train": "cryodomain.commands.train",
     "structures": "cryodomain.commands.structures",
     "analyze": "cryodomain.commands.analyze",
+    "select": "cryodomain.commands.select",
     "evaluate": "cryodomain.commands.evaluate",
     "center": "cryodomain.commands.center",
     "convert": "cryodomain.commands.convert",
