@@ -1,7 +1,10 @@
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+from cryosparc_files import ALIGNMENTS3D, BLOB, CTF, LOCATION, cs_dataset, group_fields, particle_groups, save_cs
 
 from cryodomain.errors import InputError
 from cryodomain.io.cryosparc import read_cryosparc
@@ -57,12 +60,6 @@ def cs_array(n: int, pose_prefix: str = "alignments3D", with_bfactor: bool = Tru
     if with_bfactor:
         data["ctf/bfactor"] = 25.0
     return data
-
-
-def save_cs(path, data: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        np.save(f, data)
 
 
 def make_project(tmp_path, n: int) -> None:
@@ -161,3 +158,297 @@ def test_cs_particles_convert_to_a_star_file_with_the_same_values(tmp_path):
     np.testing.assert_array_equal(back.optics_group, table.optics_group)
     for name in ("rotations", "shifts_A", "defocus_u_A", "defocus_angle_rad", "phase_shift_rad", "pixel_size_A", "bfactor_A2"):
         np.testing.assert_allclose(getattr(back, name), getattr(table, name), atol=1e-5, err_msg=name)
+
+
+# --- Exports as cryoSPARC writes them (tests/io/cryosparc_files.py) ---------------------------
+
+
+def rotation_about_z(angle: float) -> np.ndarray:
+    """``A`` for cryoSPARC pose ``(0, 0, angle)``: the transpose of the rotation by ``angle`` about z."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def project_stack(tmp_path, n: int) -> None:
+    """The stack every fixture names, where cryoSPARC puts it under the project folder."""
+    write_stack(tmp_path / "J3" / "extract" / "mic1_particles.mrc", np.zeros((n, 8, 8), np.float32), 1.0)
+
+
+N, K = 5, 3
+CHOSEN = [2, 0, 1, 2, 2]  # each particle's most probable class
+
+
+def class_values(k: int, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pose ``(0, 0, 0.1 (k + 1) + 0.01 i)`` and shift ``(10 k + i, -i)`` px of particles ``i`` in class ``k``."""
+    pose = np.stack([np.zeros(len(i)), np.zeros(len(i)), 0.1 * (k + 1) + 0.01 * i], axis=-1)
+    return pose, np.stack([10.0 * k + i, -1.0 * i], axis=-1)
+
+
+def posteriors() -> np.ndarray:
+    """``(N, K)`` class posteriors whose argmax is CHOSEN."""
+    posterior = np.full((N, K), 0.1)
+    posterior[np.arange(N), CHOSEN] = 0.8
+    return posterior
+
+
+def expected_poses(chosen: list[int], psize_A: float) -> tuple[np.ndarray, np.ndarray]:
+    i = np.arange(N)
+    angles = 0.1 * (np.asarray(chosen) + 1) + 0.01 * i
+    shifts_px = np.stack([10.0 * np.asarray(chosen) + i, -1.0 * i], axis=-1)
+    return np.stack([rotation_about_z(angle) for angle in angles]), shifts_px * psize_A
+
+
+def hetero_refinement(tmp_path, with_posterior: bool = True) -> Path:
+    """``J9_00020_particles_all_classes.cs`` of a hetero refinement at half the box (alignment 2 Å/px, images 1 Å/px)."""
+    groups = [group_fields("blob", BLOB), group_fields("ctf", CTF)]
+    values = particle_groups(N, psize_A=1.0)
+    posterior = posteriors()
+    for k in range(K):
+        fields = [field for field in ALIGNMENTS3D if with_posterior or field[0] != "class_posterior"]
+        groups.append(group_fields(f"alignments_class_{k}", fields))
+        pose, shift = class_values(k, np.arange(N))
+        values.update({f"alignments_class_{k}/pose": pose, f"alignments_class_{k}/shift": shift, f"alignments_class_{k}/psize_A": 2.0})
+        values[f"alignments_class_{k}/class"] = k
+        if with_posterior:
+            values[f"alignments_class_{k}/class_posterior"] = posterior[:, k]
+    project_stack(tmp_path, N)
+    return save_cs(tmp_path / "J9" / "J9_00020_particles_all_classes.cs", cs_dataset(np.arange(N) + 100, groups, values))
+
+
+def test_hetero_refinement_takes_each_particle_pose_from_its_most_probable_class(tmp_path, caplog):
+    path = hetero_refinement(tmp_path)
+    with caplog.at_level(logging.INFO, logger="cryodomain.io.cryosparc"):
+        table = read_cryosparc(path, datadir=tmp_path)
+    rotations, shifts_A = expected_poses(CHOSEN, psize_A=2.0)
+    np.testing.assert_allclose(table.rotations, rotations, atol=1e-6)
+    # Shifts are in pixels of the alignment (2 Å), not of the images (1 Å).
+    np.testing.assert_allclose(table.shifts_A, shifts_A, rtol=1e-6)
+    np.testing.assert_allclose(table.defocus_u_A, 10000 + 100 * np.arange(N))
+    assert "poses: most probable of 3 classes (alignments_class_N), class sizes 1/1/3; shifts in pixels of alignments_class_N/psize_A (2 Å)" in caplog.text
+
+
+def test_a_forced_class_gives_every_particle_that_class_pose(tmp_path, caplog):
+    path = hetero_refinement(tmp_path, with_posterior=False)  # a forced class needs no posterior
+    with caplog.at_level(logging.INFO, logger="cryodomain.io.cryosparc"):
+        table = read_cryosparc(path, datadir=tmp_path, particle_class=1)
+    rotations, shifts_A = expected_poses([1] * N, psize_A=2.0)
+    np.testing.assert_allclose(table.rotations, rotations, atol=1e-6)
+    np.testing.assert_allclose(table.shifts_A, shifts_A, rtol=1e-6)
+    assert "poses: class 1 of 3 (alignments_class_1), forced by --class" in caplog.text
+
+
+def test_a_class_beyond_the_file_classes_is_a_one_line_input_error(tmp_path):
+    path = hetero_refinement(tmp_path)
+    with pytest.raises(InputError) as error:
+        read_cryosparc(path, datadir=tmp_path, particle_class=3)
+    assert str(error.value) == (
+        f"{path}: --class (config data.particle_class): class 3 is not in the file: it holds 3 class(es), 0 to 2 (alignments_class_N); give a class from 0 to 2"
+    )
+
+
+def test_several_classes_without_class_posterior_are_refused_not_read_as_class_0(tmp_path):
+    path = hetero_refinement(tmp_path, with_posterior=False)
+    with pytest.raises(
+        InputError, match=re.escape(f"{path}: alignments_class_0/class_posterior: missing: the most probable of the 3 classes is unknown; choose")
+    ):
+        read_cryosparc(path, datadir=tmp_path)
+
+
+def multi_export(tmp_path, psize_shape: tuple = ()) -> Path:
+    """An ``alignments3D_multi`` export: pose (K, 3), shift (K, 2), class_posterior (K,) per particle."""
+    project_stack(tmp_path, N)
+    i = np.arange(N)
+    poses, shifts = zip(*(class_values(k, i) for k in range(K)))
+    multi = [entry for entry in ALIGNMENTS3D if entry[0] != "psize_A"] + [("psize_A", "<f4", psize_shape)]
+    values = particle_groups(N, psize_A=1.0)
+    values.update(
+        {
+            "alignments3D_multi/pose": np.stack(poses, axis=1),
+            "alignments3D_multi/shift": np.stack(shifts, axis=1),
+            "alignments3D_multi/class_posterior": posteriors(),
+            "alignments3D_multi/class": np.arange(K),
+            "alignments3D_multi/psize_A": 1.5,
+        }
+    )
+    groups = [group_fields("blob", BLOB), group_fields("ctf", CTF), group_fields("alignments3D_multi", multi, classes=K)]
+    return save_cs(tmp_path / "cryosparc_P4_J9_00020_particles.cs", cs_dataset(i, groups, values))
+
+
+@pytest.mark.parametrize("psize_shape", [(), (K,)], ids=["psize per particle", "psize per class"])
+def test_alignments3d_multi_takes_each_particle_pose_from_its_most_probable_class(tmp_path, caplog, psize_shape):
+    path = multi_export(tmp_path, psize_shape)
+    assert path.stat().st_size > 0 and np.load(path)["alignments3D_multi/pose"].shape == (N, K, 3)
+    with caplog.at_level(logging.INFO, logger="cryodomain.io.cryosparc"):
+        table = read_cryosparc(path, datadir=tmp_path)
+    rotations, shifts_A = expected_poses(CHOSEN, psize_A=1.5)
+    np.testing.assert_allclose(table.rotations, rotations, atol=1e-6)
+    np.testing.assert_allclose(table.shifts_A, shifts_A, rtol=1e-6)
+    assert "poses: most probable of 3 classes (alignments3D_multi), class sizes 1/1/3; shifts in pixels of alignments3D_multi/psize_A (1.5 Å)" in caplog.text
+
+    forced = read_cryosparc(path, datadir=tmp_path, particle_class=0)
+    np.testing.assert_allclose(forced.rotations, expected_poses([0] * N, 1.5)[0], atol=1e-6)
+    with pytest.raises(InputError, match=re.escape("class 5 is not in the file: it holds 3 class(es), 0 to 2 (alignments3D_multi)")):
+        read_cryosparc(path, datadir=tmp_path, particle_class=5)
+
+
+def test_alignments3d_multi_without_class_posterior_is_refused_unless_a_class_is_forced(tmp_path):
+    path = multi_export(tmp_path)
+    data = np.load(path)
+    kept = [name for name in data.dtype.names if name != "alignments3D_multi/class_posterior"]
+    save_cs(path, data[kept].copy())
+    with pytest.raises(InputError, match=re.escape(f"{path}: alignments3D_multi/class_posterior: missing: the most probable of the 3 classes is unknown")):
+        read_cryosparc(path, datadir=tmp_path)
+    np.testing.assert_allclose(read_cryosparc(path, datadir=tmp_path, particle_class=2).rotations, expected_poses([2] * N, 1.5)[0], atol=1e-6)
+
+
+def refinement_export(tmp_path, blob_psize_A: float, alignment_psize_A: float | None) -> Path:
+    """A homogeneous refinement's particles: blob, ctf, alignments3D (with or without psize_A)."""
+    project_stack(tmp_path, 2)
+    fields = [entry for entry in ALIGNMENTS3D if alignment_psize_A is not None or entry[0] != "psize_A"]
+    values = particle_groups(2, psize_A=blob_psize_A)
+    values.update({"alignments3D/pose": [[0, 0, 0.5], [0, 0, -0.25]], "alignments3D/shift": [[3.0, -4.0], [0.5, 1.0]], "alignments3D/class_posterior": 1.0})
+    if alignment_psize_A is not None:
+        values["alignments3D/psize_A"] = alignment_psize_A
+    groups = [group_fields("blob", BLOB), group_fields("ctf", CTF), group_fields("alignments3D", fields)]
+    return save_cs(tmp_path / "J5" / "J5_005_particles.cs", cs_dataset([1, 2], groups, values))
+
+
+@pytest.mark.parametrize(
+    "blob_psize_A, alignment_psize_A, expected_A",
+    [
+        (2.0, 1.0, [[3.0, -4.0], [0.5, 1.0]]),  # images downsampled after the refinement: the alignment's pixels
+        (1.0, 1.0, [[3.0, -4.0], [0.5, 1.0]]),
+        (1.25, None, [[3.75, -5.0], [0.625, 1.25]]),  # no alignment pixel size: the images'
+    ],
+)
+def test_refinement_shifts_are_converted_with_the_alignment_pixel_size(tmp_path, caplog, blob_psize_A, alignment_psize_A, expected_A):
+    path = refinement_export(tmp_path, blob_psize_A, alignment_psize_A)
+    with caplog.at_level(logging.INFO, logger="cryodomain.io.cryosparc"):
+        table = read_cryosparc(path, datadir=tmp_path)
+    np.testing.assert_allclose(table.shifts_A, expected_A, rtol=1e-6)
+    np.testing.assert_allclose(table.pixel_size_A, blob_psize_A)
+    np.testing.assert_allclose(table.rotations, [rotation_about_z(0.5), rotation_about_z(-0.25)], atol=1e-6)
+    np.testing.assert_allclose(table.defocus_u_A, [10000, 10100])
+    np.testing.assert_allclose(table.defocus_v_A, [9500, 9600])
+    np.testing.assert_allclose(table.defocus_angle_rad, [0.0, 0.25])
+    np.testing.assert_allclose(table.bfactor_A2, [0.0, 10.0])
+    units = "alignments3D/psize_A (1 Å)" if alignment_psize_A is not None else "blob/psize_A"
+    assert f"poses: alignments3D; shifts in pixels of {units}" in caplog.text
+
+
+def test_a_forced_class_of_a_single_class_refinement(tmp_path):
+    path = refinement_export(tmp_path, 1.0, 1.0)
+    assert len(read_cryosparc(path, datadir=tmp_path, particle_class=0)) == 2
+    with pytest.raises(InputError, match=re.escape("class 1 is not in the file: it holds one class (alignments3D)")):
+        read_cryosparc(path, datadir=tmp_path, particle_class=1)
+
+
+def test_a_non_positive_alignment_pixel_size_is_refused(tmp_path):
+    path = refinement_export(tmp_path, 1.0, 0.0)
+    with pytest.raises(InputError, match=re.escape(f"{path}: alignments3D/psize_A: pixel size of the alignment must be positive")):
+        read_cryosparc(path, datadir=tmp_path)
+
+
+# --- Passthrough files ----------------------------------------------------------------------
+
+PASSTHROUGH_UIDS = [30, 99, 7, 11]  # another order than the main file's, and one particle more
+
+
+def passthrough_pair(tmp_path, main_name: str, passthrough_name: str, main_uids=(11, 7, 30), main_groups=None) -> Path:
+    """A job whose main file holds only its alignments and whose passthrough holds blob, ctf, location."""
+    project_stack(tmp_path, len(PASSTHROUGH_UIDS))
+    main = tmp_path / "J42" / main_name
+    if main_groups is None:
+        values = {
+            "alignments3D/pose": [[0, 0, 0.1], [0, 0, 0.2], [0, 0, 0.3]],
+            "alignments3D/shift": [[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]],
+            "alignments3D/psize_A": 1.0,
+        }
+        main_groups = ([group_fields("alignments3D", ALIGNMENTS3D)], values)
+    save_cs(main, cs_dataset(list(main_uids), *main_groups))
+    groups = [group_fields("blob", BLOB), group_fields("ctf", CTF), group_fields("location", LOCATION)]
+    save_cs(tmp_path / "J42" / passthrough_name, cs_dataset(PASSTHROUGH_UIDS, groups, particle_groups(len(PASSTHROUGH_UIDS))))
+    return main
+
+
+def assert_merged_by_uid(table) -> None:
+    """Main uids 11, 7, 30 are passthrough rows 3, 2, 0: their images and defocus."""
+    np.testing.assert_array_equal(table.image_indices, [3, 2, 0])
+    np.testing.assert_allclose(table.defocus_u_A, [10300, 10200, 10000])
+    np.testing.assert_allclose(table.bfactor_A2, [30, 20, 0])
+
+
+@pytest.mark.parametrize(
+    "main_name, passthrough_name",
+    [
+        ("J42_005_particles.cs", "J42_passthrough_particles.cs"),
+        ("particles_selected.cs", "J42_passthrough_particles_selected.cs"),
+        ("J42_class_01_00020_particles.cs", "J42_passthrough_particles_class_1.cs"),
+        ("cryosparc_P4_J42_00020_particles.cs", "cryosparc_P4_J42_passthrough_particles_all_classes.cs"),
+    ],
+)
+def test_the_passthrough_file_beside_the_main_file_is_found_and_merged_by_uid(tmp_path, caplog, main_name, passthrough_name):
+    main = passthrough_pair(tmp_path, main_name, passthrough_name)
+    with caplog.at_level(logging.INFO, logger="cryodomain.io.cryosparc"):
+        table = read_cryosparc(main, datadir=tmp_path)
+    assert_merged_by_uid(table)
+    np.testing.assert_allclose(table.rotations, [rotation_about_z(0.1), rotation_about_z(0.2), rotation_about_z(0.3)], atol=1e-6)
+    np.testing.assert_allclose(table.shifts_A, [[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    assert f"blob, ctf, location merged from {tmp_path / 'J42' / passthrough_name} by uid" in caplog.text
+
+
+def test_a_passthrough_file_given_by_name_is_used(tmp_path):
+    main = passthrough_pair(tmp_path, "J42_005_particles.cs", "renamed.cs")
+    assert_merged_by_uid(read_cryosparc(main, datadir=tmp_path, passthrough=tmp_path / "J42" / "renamed.cs"))
+
+
+def test_uids_absent_from_the_passthrough_file_name_both_files_and_uid(tmp_path):
+    main = passthrough_pair(tmp_path, "J42_005_particles.cs", "J42_passthrough_particles.cs", main_uids=(11, 5, 6))
+    with pytest.raises(InputError) as error:
+        read_cryosparc(main, datadir=tmp_path)
+    passthrough = tmp_path / "J42" / "J42_passthrough_particles.cs"
+    assert str(error.value) == (
+        f"{main}: uid: 2 particle(s) absent from the passthrough file {passthrough} (first uid 5); "
+        "give the passthrough file written by the same cryoSPARC job (--passthrough)"
+    )
+
+
+def test_without_a_passthrough_file_the_missing_fields_and_the_names_tried_are_given(tmp_path):
+    main = passthrough_pair(tmp_path, "J42_005_particles.cs", "J42_passthrough_particles.cs")
+    (tmp_path / "J42" / "J42_passthrough_particles.cs").unlink()
+    with pytest.raises(InputError) as error:
+        read_cryosparc(main, datadir=tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{main}: blob/path, blob/idx, blob/shape, blob/psize_A, ctf/accel_kv")
+    assert "no passthrough file beside it (J42_passthrough_particles.cs, J42_passthrough_particles_all_classes.cs)" in message
+    assert "--passthrough" in message and "\n" not in message
+
+
+def test_a_passthrough_file_given_but_absent_is_an_input_error(tmp_path):
+    main = passthrough_pair(tmp_path, "J42_005_particles.cs", "J42_passthrough_particles.cs")
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'nope.cs'}: --passthrough: file not found")):
+        read_cryosparc(main, datadir=tmp_path, passthrough=tmp_path / "nope.cs")
+
+
+def test_an_earlier_job_alignments3D_in_the_passthrough_does_not_replace_the_class_poses(tmp_path):
+    # A hetero refinement after a homogeneous one: the passthrough carries the old alignments3D.
+    values = {}
+    groups = []
+    for k in range(K):
+        groups.append(group_fields(f"alignments_class_{k}", ALIGNMENTS3D))
+        pose, shift = class_values(k, np.arange(3))
+        values.update({f"alignments_class_{k}/pose": pose, f"alignments_class_{k}/shift": shift, f"alignments_class_{k}/psize_A": 1.0})
+        values[f"alignments_class_{k}/class_posterior"] = [1.0 if k == 2 else 0.0] * 3
+    main = passthrough_pair(tmp_path, "J42_00020_particles_all_classes.cs", "J42_passthrough_particles_all_classes.cs", main_groups=(groups, values))
+    passthrough = np.load(tmp_path / "J42" / "J42_passthrough_particles_all_classes.cs")
+    old = cs_dataset(
+        PASSTHROUGH_UIDS, [[(name, passthrough.dtype[name]) for name in passthrough.dtype.names[1:]], group_fields("alignments3D", ALIGNMENTS3D)], {}
+    )
+    for name in passthrough.dtype.names:
+        old[name] = passthrough[name]
+    old["alignments3D/pose"] = [0.0, 0.0, 1.5]
+    save_cs(tmp_path / "J42" / "J42_passthrough_particles_all_classes.cs", old)
+
+    table = read_cryosparc(main, datadir=tmp_path)
+    assert_merged_by_uid(table)
+    np.testing.assert_allclose(table.rotations, [rotation_about_z(0.3 + 0.01 * i) for i in range(3)], atol=1e-6)

@@ -21,7 +21,7 @@ def spies(monkeypatch):
     """Record which reader read_particles calls, with which arguments."""
     calls = []
     for name in ("read_star", "read_cryosparc"):
-        monkeypatch.setattr(metadata, name, lambda path, datadir=None, name=name: calls.append((name, str(path), datadir)) or name)
+        monkeypatch.setattr(metadata, name, lambda path, datadir=None, name=name, **options: calls.append((name, str(path), datadir, options)) or name)
     return calls
 
 
@@ -31,7 +31,20 @@ def spies(monkeypatch):
 )
 def test_the_extension_picks_the_reader_and_datadir_is_passed_on(tmp_path, spies, filename, reader):
     assert read_particles(tmp_path / filename, datadir="stacks") == reader
-    assert spies == [(reader, str(tmp_path / filename), "stacks")]
+    options = {"particle_class": None, "passthrough": None} if reader == "read_cryosparc" else {}
+    assert spies == [(reader, str(tmp_path / filename), "stacks", options)]
+
+
+def test_the_class_and_the_passthrough_file_are_passed_to_the_cryosparc_reader(tmp_path, spies):
+    read_particles(tmp_path / "J42_particles.cs", particle_class=2, passthrough="J42_passthrough_particles.cs")
+    assert spies == [("read_cryosparc", str(tmp_path / "J42_particles.cs"), None, {"particle_class": 2, "passthrough": "J42_passthrough_particles.cs"})]
+
+
+@pytest.mark.parametrize("option, value, flag", [("particle_class", 0, "--class"), ("passthrough", "p_passthrough.cs", "--passthrough")])
+def test_cryosparc_options_with_a_star_file_are_refused_not_ignored(tmp_path, spies, option, value, flag):
+    with pytest.raises(InputError, match=re.escape(f"p.star: {flag}: applies to cryoSPARC .cs files only")):
+        read_particles(tmp_path / "p.star", **{option: value})
+    assert spies == []
 
 
 def test_a_star_file_is_read_through_the_dispatcher(tmp_path):
