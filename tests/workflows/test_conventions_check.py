@@ -184,3 +184,13 @@ def test_no_convention_check_flag_trains_on_odd_data(tiny_simulation, tmp_path, 
     assert "--invert-contrast" in capsys.readouterr().err
     assert main(["train", star, "-o", str(tmp_path / "run"), *common, "--no-convention-check"]) == 0
     assert "convention_check: false" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_an_alternative_reading_other_columns_at_the_sampled_rows_is_one_more_entry(simulation, tmp_path, monkeypatch):
+    # As another class's poses would be: here the true rotations, for a file holding their inverses.
+    truth = load(simulation["star"])[0].table.rotations
+    data, config = load(variant(simulation, "transposed", tmp_path / "transposed"))
+    other = Alternative("class 2 poses", "train on class 2", lambda inputs: dataclasses.replace(inputs, rotations=torch.as_tensor(truth[inputs.rows]).float()))
+    monkeypatch.setattr("cryodomain.workflows.conventions_check.alternatives", lambda config, table: (other,))
+    with pytest.raises(InputError, match="images correlate better with class 2 poses .*; train on class 2"):
+        check_conventions(data, config)

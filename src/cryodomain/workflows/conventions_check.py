@@ -56,11 +56,14 @@ class SampleInputs:
         rotations: ``(B, 3, 3)`` pose matrices ``A`` (model -> view).
         shifts_A: ``(B, 2)`` RELION origins (x, y), Å.
         sign: the factor on the particle images' contrast (-1 inverts it).
+        rows: ``(B,)`` the particles' rows in the table, for an alternative that reads other
+            per-particle columns (e.g. another class's poses).
     """
 
     rotations: Tensor
     shifts_A: Tensor
     sign: float
+    rows: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,12 @@ class Alternative:
 
 
 def alternatives(config: RunConfig, table: ParticleTable) -> tuple[Alternative, ...]:
-    """The readings the check tries besides the inputs as read, with fixes in ``table``'s file terms."""
+    """The readings the check tries besides the inputs as read, with fixes in ``table``'s file terms.
+
+    Each is a transform of the sample's :class:`SampleInputs`; an entry per other class of a
+    multi-class cryoSPARC file would set ``rotations`` and ``shifts_A`` from that class's poses at
+    ``inputs.rows``.
+    """
     if config.data.invert_contrast:
         contrast_fix = "remove --invert-contrast (data.invert_contrast: false)"
     else:
@@ -224,7 +232,7 @@ def convention_report(data: TrainingData, config: RunConfig) -> ConventionReport
         config.model.sigma_A,
         preprocess,
     )
-    as_read = SampleInputs(batch["rotations"], batch["shifts_A"], preprocess.sign)
+    as_read = SampleInputs(batch["rotations"], batch["shifts_A"], preprocess.sign, rows)
     tried = tuple((alternative, correlate(alternative.transform(as_read))) for alternative in alternatives(config, data.table))
     return ConventionReport(correlate(as_read), tried)
 
