@@ -134,6 +134,7 @@ def test_the_traversal_script_is_a_model_series_and_a_volume_series(analysis_fol
 def test_the_movie_script_records_one_pass_of_the_series(analysis_folder):
     root, _, _ = analysis_folder
     lines = (root / "chimerax" / "movie_pc1.cxc").read_text().splitlines()
+    assert any(line.startswith("#") and line.endswith("--exit movie_pc1.cxc (OSMesa)") for line in lines)
     recording = lines[lines.index("movie record") :]
     assert recording == ["movie record", "mseries #1 pauseFrames 10", "wait 40", "movie encode pc1.mp4 framerate 25"]
 

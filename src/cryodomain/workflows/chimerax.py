@@ -125,8 +125,9 @@ def series_script(series: Series, script_dir: Path, n_segments: int) -> str:
 
 
 def movie_script(series: Series, movie: str, script_dir: Path, n_segments: int) -> str:
-    """Play a model series once while recording it; ``movie`` (an ``.mp4`` name) is written beside the script."""
-    lines = _header(f"movie of {series.title}", f"Without a window: chimerax --nogui --offscreen --exit {movie.removesuffix('.mp4')}.cxc (needs OSMesa)")
+    """Play a model series once while recording it; ``movie`` (``pcK.mp4``) is written beside the
+    script, which is ``movie_pcK.cxc``."""
+    lines = _header(f"movie of {series.title}", f"Without a window: chimerax --nogui --offscreen --exit movie_{Path(movie).stem}.cxc (OSMesa)")
     lines += _structure_commands(series, 1, script_dir, n_segments)
     lines += [
         "view",
