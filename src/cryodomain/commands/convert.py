@@ -23,9 +23,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("particles", help="RELION .star or cryoSPARC .cs file")
     parser.add_argument("-o", "--outdir", required=True, help="output directory")
     parser.add_argument("--datadir", help="directory holding the particle stacks")
+    parser.add_argument(
+        "--class", dest="particle_class", type=int, metavar="K", help="cryoSPARC: every particle's pose from class K (default: its most probable)"
+    )
+    parser.add_argument("--passthrough", metavar="FILE", help="cryoSPARC: the job's passthrough .cs (default: found beside the particles file)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage type (default %(default)s)")
 
 
 def main(args: argparse.Namespace) -> None:
-    stack, star = convert_particles(args.particles, args.outdir, dtype=args.dtype, datadir=args.datadir)
+    stack, star = convert_particles(
+        args.particles, args.outdir, dtype=args.dtype, datadir=args.datadir, particle_class=args.particle_class, passthrough=args.passthrough
+    )
     log.info("wrote %s and %s", stack, star)

@@ -6,6 +6,7 @@ override it. The resolved configuration is written to RUN/config.yaml.
 Examples:
     cryodomain train particles.star --structure model_centered.pdb -o run1
     cryodomain train J42_particles.cs --datadir /data/J42 --structure model.cif -o run2 --epochs 100
+    cryodomain train J9_00020_particles_all_classes.cs --class 2 --datadir /data/P3 --structure model.cif -o run3
     cryodomain train particles.star --structure model.pdb -o run1 --resume
 
 Writes RUN/last.pt (every epoch), RUN/checkpoints/epoch_NNNN.pt (every optim.checkpoint_every-th
@@ -44,6 +45,18 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML configuration (see README, Configuration); its values override the preset's")
     parser.add_argument("--preset", choices=PRESETS, help="start from a shipped configuration: paper = the published cryoSPHERE settings")
     parser.add_argument("--datadir", help="directory holding the particle stacks (overrides paths in the star/cs file)")
+    parser.add_argument(
+        "--class",
+        dest="particle_class",
+        type=int,
+        metavar="K",
+        help="cryoSPARC hetero refinement / multi-class ab-initio: take every particle's pose from class K (0-based; default: its most probable class)",
+    )
+    parser.add_argument(
+        "--passthrough",
+        metavar="FILE",
+        help="cryoSPARC: the job's passthrough .cs holding blob/ctf fields (default: <job>_passthrough_particles*.cs beside the particles file)",
+    )
     parser.add_argument("--epochs", type=int, help="number of epochs (default: from the number of particles, 80 for 5000)")
     parser.add_argument("--batch-size", type=int, help=f"images per step (default {defaults.optim.batch_size})")
     parser.add_argument("--segments", type=int, help=f"segments of the whole model (default {defaults.model.n_segments})")
@@ -76,6 +89,8 @@ def main(args: argparse.Namespace) -> None:
         config_path = run_dir / "config.yaml"
     overrides = {
         "data.datadir": args.datadir,
+        "data.particle_class": args.particle_class,
+        "data.passthrough": args.passthrough,
         "data.invert_contrast": args.invert_contrast,
         "data.convention_check": False if args.no_convention_check else None,
         "optim.epochs": args.epochs,

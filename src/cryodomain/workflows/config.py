@@ -120,6 +120,10 @@ class LossConfig(_Strict):
 
 class DataConfig(_Strict):
     datadir: str | None = None
+    # cryoSPARC only: the 0-based class whose poses every particle takes (None: alignments3D, else
+    # each particle's most probable class), and the job's passthrough .cs (None: found beside it).
+    particle_class: int | None = Field(None, ge=0)
+    passthrough: str | None = None
     invert_contrast: bool = False
     # The encoder sees the image translated by its pose shift (centred), not as extracted.
     centre_encoder_input: bool = True

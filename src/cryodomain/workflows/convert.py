@@ -30,11 +30,17 @@ def convert_particles(
     *,
     dtype: Literal["float32", "float16"] = "float32",
     datadir: str | Path | None = None,
+    particle_class: int | None = None,
+    passthrough: str | Path | None = None,
     chunk: int = 1024,
     progress: bool = True,
 ) -> tuple[Path, Path]:
-    """Write ``out_dir/particles.mrcs`` and ``out_dir/particles.star``; returns both paths."""
-    table = read_particles(particles, datadir=datadir)
+    """Write ``out_dir/particles.mrcs`` and ``out_dir/particles.star``; returns both paths.
+
+    ``particle_class`` and ``passthrough`` are passed to the cryoSPARC reader (see
+    :func:`cryodomain.io.metadata.read_particles`).
+    """
+    table = read_particles(particles, datadir=datadir, particle_class=particle_class, passthrough=passthrough)
     images = ParticleImages(table.image_paths, table.image_indices)
     out_dir = Path(out_dir)
     stack_path, star_path = out_dir / "particles.mrcs", out_dir / "particles.star"

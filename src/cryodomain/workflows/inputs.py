@@ -107,7 +107,7 @@ def _segment_part(indices: np.ndarray, part: Part) -> SegmentPart:
 
 def load_training_data(particles: str | Path, structure_path: str | Path, config: RunConfig, downsample_box: int | None = None) -> TrainingData:
     """Read and check particles and structure; logs one summary block."""
-    table = read_particles(particles, datadir=config.data.datadir)
+    table = read_particles(particles, datadir=config.data.datadir, particle_class=config.data.particle_class, passthrough=config.data.passthrough)
     structure = read_atomic_model(structure_path)
     source = Path(particles).name
     if len(table) == 0:
