@@ -1,7 +1,7 @@
 """Train a cryoSPHERE model on particles with poses and CTF, starting from an atomic model.
 
-The configuration is one YAML file (defaults: the published cryoSPHERE settings); the flags below
-override it. The resolved configuration is written to RUN/config.yaml.
+The configuration is one YAML file over the defaults (the best settings measured; --preset paper
+starts from the published cryoSPHERE settings instead); the flags below override it. The resolved configuration is written to RUN/config.yaml.
 
 Examples:
     cryodomain train particles.star --structure model_centered.pdb -o run1
