@@ -254,6 +254,31 @@ def test_several_classes_without_class_posterior_are_refused_not_read_as_class_0
         read_cryosparc(path, datadir=tmp_path)
 
 
+def every_class_poses(psize_A: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, K, 3, 3)`` rotations and ``(N, K, 2)`` Å shifts of every class (``class_values``)."""
+    per_class = [expected_poses([k] * N, psize_A) for k in range(K)]
+    return np.stack([rotations for rotations, _ in per_class], axis=1), np.stack([shifts for _, shifts in per_class], axis=1)
+
+
+@pytest.mark.parametrize("particle_class", [None, 1])
+def test_a_multi_class_table_carries_every_class_poses_for_the_convention_check(tmp_path, particle_class):
+    table = read_cryosparc(hetero_refinement(tmp_path), datadir=tmp_path, particle_class=particle_class)
+    rotations, shifts_A = every_class_poses(psize_A=2.0)
+    assert table.class_rotations.shape == (N, K, 3, 3) and table.class_rotations.dtype == np.float32
+    np.testing.assert_allclose(table.class_rotations, rotations, atol=1e-6)
+    np.testing.assert_allclose(table.class_shifts_A, shifts_A, rtol=1e-6)
+    # The chosen class's poses are among them; a subset keeps each particle's classes.
+    chosen = CHOSEN if particle_class is None else [particle_class] * N
+    np.testing.assert_allclose(table.class_rotations[np.arange(N), chosen], table.rotations, atol=1e-6)
+    subset = table.subset(np.array([4, 1]))
+    np.testing.assert_allclose(subset.class_shifts_A, shifts_A[[4, 1]], rtol=1e-6)
+
+
+def test_a_single_class_table_carries_no_class_poses(tmp_path):
+    table = read_cryosparc(refinement_export(tmp_path, 1.0, 1.0), datadir=tmp_path)
+    assert table.class_rotations is None and table.class_shifts_A is None
+
+
 def multi_export(tmp_path, psize_shape: tuple = ()) -> Path:
     """An ``alignments3D_multi`` export: pose (K, 3), shift (K, 2), class_posterior (K,) per particle."""
     project_stack(tmp_path, N)
@@ -284,6 +309,10 @@ def test_alignments3d_multi_takes_each_particle_pose_from_its_most_probable_clas
     np.testing.assert_allclose(table.rotations, rotations, atol=1e-6)
     np.testing.assert_allclose(table.shifts_A, shifts_A, rtol=1e-6)
     assert "poses: most probable of 3 classes (alignments3D_multi), class sizes 1/1/3; shifts in pixels of alignments3D_multi/psize_A (1.5 Å)" in caplog.text
+
+    rotations, shifts_A = every_class_poses(psize_A=1.5)
+    np.testing.assert_allclose(table.class_rotations, rotations, atol=1e-6)
+    np.testing.assert_allclose(table.class_shifts_A, shifts_A, rtol=1e-6)
 
     forced = read_cryosparc(path, datadir=tmp_path, particle_class=0)
     np.testing.assert_allclose(forced.rotations, expected_poses([0] * N, 1.5)[0], atol=1e-6)

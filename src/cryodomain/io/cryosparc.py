@@ -73,7 +73,8 @@ def read_cryosparc(
 
     Returns:
         The :class:`ParticleTable` (``extra`` is None; optics groups are the distinct
-        (pixel size, box, voltage, Cs, amplitude contrast) settings).
+        (pixel size, box, voltage, Cs, amplitude contrast) settings; with several classes,
+        ``class_rotations`` and ``class_shifts_A`` hold every class's poses).
 
     Raises:
         InputError: unreadable file, missing fields, uids absent from the passthrough file, a class
@@ -159,6 +160,7 @@ def _table(path: Path, columns: dict[str, np.ndarray], origin: dict[str, Path], 
         optics_group_names=optics_group_names,
         source=str(path),
         extra=None,
+        **_class_poses(poses, pixel_size_A),
     )
     fields = {
         "rotations": poses.pose_field,
@@ -177,6 +179,17 @@ def _table(path: Path, columns: dict[str, np.ndarray], origin: dict[str, Path], 
     check_particle_values(table, fields)
     logger.info("read %d particles from %s (%d optics group(s))", len(table), path, len(optics_group_names))
     return table
+
+
+def _class_poses(poses: CsPoses, pixel_size_A: np.ndarray) -> dict[str, np.ndarray | None]:
+    """``class_rotations`` ``(N, K, 3, 3)`` and ``class_shifts_A`` ``(N, K, 2)`` Å (float32) of a
+    file with K > 1 classes, both None otherwise; shifts converted as the chosen class's are."""
+    if poses.class_rotvecs is None or poses.class_shifts_px is None:
+        return {"class_rotations": None, "class_shifts_A": None}
+    psize_A = poses.class_psize_A if poses.class_psize_A is not None else pixel_size_A[:, None]
+    # One class at a time: the float64 matrices of all K classes at once would be K times larger.
+    rotations = np.stack([cryosparc_pose_to_matrix(poses.class_rotvecs[:, k]).astype(np.float32) for k in range(poses.class_rotvecs.shape[1])], axis=1)
+    return {"class_rotations": rotations, "class_shifts_A": (poses.class_shifts_px * psize_A[..., None]).astype(np.float32)}
 
 
 def _find_passthrough(path: Path, tried: list[Path]) -> Path | None:

@@ -44,6 +44,9 @@ class CsPoses:
             say (the particle images' ``blob/psize_A`` then applies).
         pose_field, shift_field: the fields they came from, for messages.
         description: one line saying where the poses came from, for the log.
+        class_rotvecs: ``(N, K, 3)`` every class's rotation vectors when the file holds K > 1
+            classes, else None; ``class_shifts_px``: ``(N, K, 2)``; ``class_psize_A``: ``(N, K)``
+            Å or None (as ``psize_A``).
     """
 
     rotvecs: np.ndarray
@@ -52,6 +55,9 @@ class CsPoses:
     pose_field: str
     shift_field: str
     description: str
+    class_rotvecs: np.ndarray | None = None
+    class_shifts_px: np.ndarray | None = None
+    class_psize_A: np.ndarray | None = None
 
 
 def pose_groups(names: set[str] | list[str]) -> list[str]:
@@ -199,6 +205,9 @@ def _choose(
     rows = np.arange(n)
     poses = CsPoses(pose[rows, chosen], shift[rows, chosen], None if psize is None else psize[rows, chosen], *fields, "")
     poses.description = f"poses: {how}{_shift_units(poses, f'{named}/psize_A')}"
+    if k > 1:
+        # Every class's poses, for the convention check's "poses of another class".
+        poses.class_rotvecs, poses.class_shifts_px, poses.class_psize_A = pose, shift, psize
     return poses
 
 

@@ -47,6 +47,10 @@ class ParticleTable:
         source: the file it came from, for messages.
         extra: the original particle rows, all columns, index ``0..N-1`` (kept to write subsets
             with the user's columns), or None.
+        class_rotations: ``(N, K, 3, 3)`` float32, each particle's matrix ``A`` in every one of the
+            K classes of a multi-class cryoSPARC file (None otherwise): what the convention check
+            tries besides the class each particle took.
+        class_shifts_A: ``(N, K, 2)`` float32 Å, the same classes' shifts (RELION sign).
     """
 
     image_paths: np.ndarray
@@ -67,6 +71,9 @@ class ParticleTable:
     optics_group_names: dict[int, str]
     source: str
     extra: pd.DataFrame | None = None
+    # float32: K poses per particle of a million-particle file, read only by the convention check.
+    class_rotations: np.ndarray | None = None
+    class_shifts_A: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.image_paths)
@@ -76,6 +83,8 @@ class ParticleTable:
                 raise ValueError(f"ParticleTable.{field.name} has {len(value)} rows, expected {n}")
         if self.extra is not None and len(self.extra) != n:
             raise ValueError(f"ParticleTable.extra has {len(self.extra)} rows, expected {n}")
+        if (self.class_rotations is None) != (self.class_shifts_A is None):
+            raise ValueError("ParticleTable.class_rotations and class_shifts_A come together")
 
     def __len__(self) -> int:
         return len(self.image_paths)
