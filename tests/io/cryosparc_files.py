@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cryodomain.io.particles import ParticleTable
+from cryodomain.io.poses import matrix_to_cryosparc_pose
+
 BLOB = [("path", "S64", ()), ("idx", "<u4", ()), ("shape", "<u4", (2,)), ("psize_A", "<f4", ()), ("sign", "<f4", ()), ("import_sig", "<u8", ())]
 CTF = [
     ("type", "S1", ()),
@@ -112,6 +115,49 @@ def particle_groups(n_stack_images: int, stack: str = "J3/extract/mic1_particles
         "ctf/anisomag": [1.0, 0.0, 0.0, 1.0],
         "ctf/bfactor": 10.0 * k,
     }
+
+
+def table_groups(table: ParticleTable, stack: str) -> dict[str, object]:
+    """Values of ``blob`` and ``ctf`` for the particles of ``table`` (e.g. a simulation's), their images
+    at the same indices of ``stack`` (the path as the file writes it)."""
+    return {
+        "blob/path": stack.encode(),
+        "blob/idx": table.image_indices,
+        "blob/shape": table.image_size[:, None],
+        "blob/psize_A": table.pixel_size_A,
+        "blob/sign": -1.0,
+        "ctf/type": b"i",
+        "ctf/accel_kv": table.voltage_kv,
+        "ctf/cs_mm": table.spherical_aberration_mm,
+        "ctf/amp_contrast": table.amplitude_contrast,
+        "ctf/df1_A": table.defocus_u_A,
+        "ctf/df2_A": table.defocus_v_A,
+        "ctf/df_angle_rad": table.defocus_angle_rad,
+        "ctf/phase_shift_rad": table.phase_shift_rad,
+        "ctf/scale": 1.0,
+        "ctf/anisomag": [1.0, 0.0, 0.0, 1.0],
+        "ctf/bfactor": table.bfactor_A2,
+    }
+
+
+def class_groups(poses: list[tuple[np.ndarray, np.ndarray]], posterior: np.ndarray, psize_A: np.ndarray) -> tuple[list[list[tuple]], dict[str, object]]:
+    """The ``alignments_class_k`` groups of a heterogeneous refinement and their values.
+
+    Args:
+        poses: per class k, ``(N, 3, 3)`` matrices ``A`` and ``(N, 2)`` shifts in Å (RELION sign).
+        posterior: ``(N, K)`` class posteriors.
+        psize_A: ``(N,)`` pixel size of the alignment, Å (the shifts are written in its pixels).
+    """
+    groups, values = [], {}
+    for k, (rotations, shifts_A) in enumerate(poses):
+        prefix = f"alignments_class_{k}"
+        groups.append(group_fields(prefix, ALIGNMENTS3D))
+        values[f"{prefix}/pose"] = matrix_to_cryosparc_pose(rotations)
+        values[f"{prefix}/shift"] = shifts_A / np.asarray(psize_A)[:, None]
+        values[f"{prefix}/psize_A"] = psize_A
+        values[f"{prefix}/class_posterior"] = posterior[:, k]
+        values[f"{prefix}/class"] = k
+    return groups, values
 
 
 def save_cs(path: Path, data: np.ndarray) -> Path:

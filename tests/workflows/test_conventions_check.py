@@ -8,17 +8,21 @@ contrast, the star file with the angles of the transposed rotations, or with neg
 import dataclasses
 import logging
 import shutil
+import sys
+from pathlib import Path
 
 import mrcfile
 import numpy as np
 import pytest
 import starfile
 import torch
+from scipy.spatial.transform import Rotation
 
 from cryodomain.commands.main import main
 from cryodomain.errors import InputError
 from cryodomain.examples import STATE_A, example_structures
 from cryodomain.io.poses import relion_euler_to_matrix
+from cryodomain.io.star import read_star
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.conventions_check import (
     MIN_SAMPLE,
@@ -33,6 +37,10 @@ from cryodomain.workflows.data import ParticleBatches
 from cryodomain.workflows.inputs import build_model, load_training_data
 from cryodomain.workflows.simulate import SimulationSettings, simulate
 from cryodomain.workflows.train import train
+
+# The .cs builders of tests/io (tests are no package: their folder joins the import path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
+from cryosparc_files import BLOB, CTF, class_groups, cs_dataset, group_fields, save_cs, table_groups  # noqa: E402
 
 LOW_SNR = 0.01
 SNRS = (float("inf"), LOW_SNR)
@@ -194,3 +202,45 @@ def test_an_alternative_reading_other_columns_at_the_sampled_rows_is_one_more_en
     monkeypatch.setattr("cryodomain.workflows.conventions_check.alternatives", lambda config, table: (other,))
     with pytest.raises(InputError, match="images correlate better with class 2 poses .*; train on class 2"):
         check_conventions(data, config)
+
+
+def hetero_refinement(simulation: dict, right_class: int, out) -> str:
+    """The simulated particles as a two-class heterogeneous refinement's ``.cs``: class ``right_class``
+    holds the true poses and shifts, the other random ones, and the posteriors favour class 0."""
+    out.mkdir()
+    shutil.copy(simulation["particles"], out / "particles.mrcs")
+    table = read_star(simulation["star"])
+    n = len(table)
+    rng = np.random.default_rng(11)
+    right = (table.rotations, table.shifts_A)
+    wrong = (Rotation.random(n, random_state=12).as_matrix(), rng.uniform(-8.0, 8.0, (n, 2)))
+    classes, values = class_groups([right, wrong] if right_class == 0 else [wrong, right], np.tile([0.9, 0.1], (n, 1)), table.pixel_size_A)
+    values.update(table_groups(table, "particles.mrcs"))
+    groups = [group_fields("blob", BLOB), group_fields("ctf", CTF), *classes]
+    return str(save_cs(out / "J9_00020_particles_all_classes.cs", cs_dataset(np.arange(n) + 1000, groups, values)))
+
+
+@pytest.mark.parametrize("forced", [None, 0], ids=["most probable class", "class 0 forced"])
+def test_poses_of_the_wrong_class_are_refused_naming_the_class_that_fits(simulation, tmp_path, forced):
+    # The reader takes class 0 (most probable, or forced); the true poses are class 1's.
+    data, config = load(hetero_refinement(simulation, 1, tmp_path / "cs"), **{"data.particle_class": forced})
+    with pytest.raises(InputError, match="images correlate better with poses of class 1 ") as error:
+        check_conventions(data, config)
+    message = str(error.value)
+    instead = " instead of --class 0" if forced is not None else ""
+    assert f"--class 1{instead} (data.particle_class: 1)" in message and "J9_00020_particles_all_classes.cs" in message and "\n" not in message
+
+
+def test_the_right_class_passes_with_the_other_class_far_from_winning(simulation, tmp_path):
+    data, config = load(hetero_refinement(simulation, 0, tmp_path / "cs"))
+    report = check_conventions(data, config)
+    tried = {alternative.name: values for alternative, values in report.tried}
+    # Class 0 is every particle's pose as read: tried, and never better.
+    assert report.wins(tried["poses of class 0"]) == 0.0
+    assert report.wins(tried["poses of class 1"]) < WIN_FRACTION / 2
+
+
+def test_a_forced_class_that_fits_passes_and_is_not_tried_again(simulation, tmp_path):
+    data, config = load(hetero_refinement(simulation, 1, tmp_path / "cs"), **{"data.particle_class": 1})
+    report = check_conventions(data, config)
+    assert [alternative.name for alternative, _ in report.tried][3:] == ["poses of class 0"]

@@ -1,7 +1,8 @@
 """Preflight self-test of the pose, shift and contrast conventions of the particles.
 
 A convention read wrongly (inverted contrast, rotations of another Euler convention, shifts of the
-other sign) trains for hours and learns nothing. Before training, the base atomic model is rendered
+other sign, the poses of the wrong class of a multi-class cryoSPARC file) trains for hours and
+learns nothing. Before training, the base atomic model is rendered
 at the poses, shifts and CTF of a sample of particles, through the training's own forward model
 (:func:`~cryodomain.physics.imaging.form_images`) and preprocessing
 (:class:`~cryodomain.workflows.data.Preprocessor`), and each image's correlation with its
@@ -84,9 +85,8 @@ class Alternative:
 def alternatives(config: RunConfig, table: ParticleTable) -> tuple[Alternative, ...]:
     """The readings the check tries besides the inputs as read, with fixes in ``table``'s file terms.
 
-    Each is a transform of the sample's :class:`SampleInputs`; an entry per other class of a
-    multi-class cryoSPARC file would set ``rotations`` and ``shifts_A`` from that class's poses at
-    ``inputs.rows``.
+    Each is a transform of the sample's :class:`SampleInputs`; a multi-class cryoSPARC file adds
+    one per class (:func:`class_alternatives`).
     """
     if config.data.invert_contrast:
         contrast_fix = "remove --invert-contrast (data.invert_contrast: false)"
@@ -103,7 +103,42 @@ def alternatives(config: RunConfig, table: ParticleTable) -> tuple[Alternative, 
         Alternative("inverted contrast", contrast_fix, lambda inputs: dataclasses.replace(inputs, sign=-inputs.sign)),
         Alternative("transposed rotations", rotation_fix, lambda inputs: dataclasses.replace(inputs, rotations=inputs.rotations.transpose(-1, -2))),
         Alternative("negated shifts", shift_fix, lambda inputs: dataclasses.replace(inputs, shifts_A=-inputs.shifts_A)),
+        *class_alternatives(config, table),
     )
+
+
+def class_alternatives(config: RunConfig, table: ParticleTable) -> tuple[Alternative, ...]:
+    """One alternative per class ``k`` of a multi-class cryoSPARC file (none for other files): every
+    sampled particle's rotation and shift from class ``k`` (``table.class_rotations`` and
+    ``class_shifts_A`` at ``inputs.rows``), fixed by ``--class k``.
+
+    The class forced by ``data.particle_class`` is the inputs as read and is not tried again; with
+    each particle's most probable class, every class is tried.
+    """
+    if table.class_rotations is None or table.class_shifts_A is None:
+        return ()
+    forced = config.data.particle_class
+    instead = f" instead of --class {forced}" if forced is not None else ""
+    return tuple(
+        Alternative(
+            f"poses of class {k}",
+            f"take every particle's poses from class {k}: --class {k}{instead} (data.particle_class: {k})",
+            _from_class(table.class_rotations[:, k], table.class_shifts_A[:, k]),
+        )
+        for k in range(table.class_rotations.shape[1])
+        if k != forced
+    )
+
+
+def _from_class(rotations: np.ndarray, shifts_A: np.ndarray) -> Callable[[SampleInputs], SampleInputs]:
+    """The transform that sets the sample's rotations and shifts to one class's: ``(N, 3, 3)``, ``(N, 2)`` Å."""
+
+    def transform(inputs: SampleInputs) -> SampleInputs:
+        return dataclasses.replace(
+            inputs, rotations=torch.as_tensor(rotations[inputs.rows], dtype=torch.float32), shifts_A=torch.as_tensor(shifts_A[inputs.rows], dtype=torch.float32)
+        )
+
+    return transform
 
 
 @dataclass(frozen=True)
@@ -172,7 +207,8 @@ class SampleCorrelations:
 
     Model images depend only on the rotations and targets only on the shifts and sign: each is
     made once per distinct tensor (an alternative that keeps a field keeps its tensor object), so
-    the as-read inputs and three alternatives cost two renders.
+    the as-read inputs and three alternatives cost two renders (and each class of a multi-class
+    file one more).
 
     Args:
         images: ``(B, N, N)`` raw particle images.
