@@ -15,7 +15,7 @@ from cryodomain.physics.imaging import form_images
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.data import ctf_parameters
 from cryodomain.workflows.train import train
-from cryodomain.workflows.trained_run import TrainedRun
+from cryodomain.workflows.trained_run import TrainedRun, kept_checkpoints
 
 EPOCHS = 2
 
@@ -81,6 +81,27 @@ def test_a_missing_checkpoint_is_an_input_error_naming_the_option(trained, tmp_p
         TrainedRun.load(trained.run_dir, trained.run_dir / "nothere.pt")
     with pytest.raises(InputError, match="last.pt: no checkpoint found.*--checkpoint"):
         TrainedRun.load(tmp_path)
+
+
+def test_an_epoch_the_run_did_not_keep_is_refused_listing_the_kept_checkpoints(trained):
+    missing = trained.run_dir / "checkpoints" / "epoch_0050.pt"
+    with pytest.raises(InputError) as error:
+        TrainedRun.load(trained.run_dir, missing)
+    assert str(error.value) == (
+        f"{missing}: no checkpoint found; pass --checkpoint with one the run kept (kept: epoch_0001.pt, epoch_0002.pt in checkpoints/, last.pt)"
+    )
+
+
+def test_many_kept_checkpoints_are_listed_by_both_ends(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    for epoch in range(1, 31):
+        (tmp_path / "checkpoints" / f"epoch_{epoch:04d}.pt").touch()
+    assert kept_checkpoints(tmp_path) == "kept: epoch_0001.pt, epoch_0002.pt, epoch_0003.pt, ..., epoch_0028.pt, epoch_0029.pt, epoch_0030.pt in checkpoints/"
+    (tmp_path / "last.pt").touch()
+    assert kept_checkpoints(tmp_path).endswith("epoch_0030.pt in checkpoints/, last.pt")
+    for path in (tmp_path / "checkpoints").iterdir():
+        path.unlink()
+    assert kept_checkpoints(tmp_path) == "kept: last.pt"
 
 
 def test_a_corrupt_checkpoint_is_an_input_error(trained, tmp_path):

@@ -13,7 +13,7 @@ each multi-model file). mmCIF (.cif) replaces PDB when a chain name is longer th
 Examples:
     cryodomain analyze run1 -o run1/analysis
     cryodomain analyze run1 -o run1/analysis --pcs 2 --points 20 --kmeans 20 --full-atom
-    cryodomain analyze run1 -o run1/analysis_e50 --checkpoint run1/checkpoints/epoch_0050.pt --volumes
+    cryodomain analyze run2 -o run2/analysis_e50 --checkpoint run2/checkpoints/epoch_0050.pt --volumes  # run2 ran 100 epochs: every 10th is kept
 """
 
 from __future__ import annotations

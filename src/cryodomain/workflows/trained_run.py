@@ -18,6 +18,20 @@ from cryodomain.workflows.inputs import TrainingData, build_model, load_training
 from cryodomain.workflows.objective import StepContext, build_context, encoder_inputs
 from cryodomain.workflows.run_folder import load_checkpoint
 
+# Kept checkpoints named in full up to this many; more are shortened to both ends.
+LISTED_CHECKPOINTS = 12
+
+
+def kept_checkpoints(run_dir: Path) -> str:
+    """The checkpoints a run folder holds, for messages: ``"kept: epoch_0010.pt, ..., epoch_0100.pt
+    in checkpoints/, last.pt"`` (empty when none); a run keeps every ``optim.checkpoint_every``-th epoch."""
+    epochs = [path.name for path in sorted((run_dir / "checkpoints").glob("epoch_*.pt"))]
+    if len(epochs) > LISTED_CHECKPOINTS:
+        epochs = [*epochs[:3], "...", *epochs[-3:]]
+    names = [f"{', '.join(epochs)} in checkpoints/"] if epochs else []
+    names += ["last.pt"] if (run_dir / "last.pt").exists() else []
+    return f"kept: {', '.join(names)}" if names else ""
+
 
 @dataclass(frozen=True)
 class TrainedRun:
@@ -51,12 +65,15 @@ class TrainedRun:
             device: where the model goes.
 
         Raises:
-            InputError: no checkpoint, an unreadable one, or inputs that no longer check out.
+            InputError: no checkpoint (naming those the run kept), an unreadable one, or inputs
+                that no longer check out.
         """
         run_dir = Path(run_dir)
         path = Path(checkpoint) if checkpoint is not None else run_dir / "last.pt"
         if not path.exists():
-            raise input_error(path, None, "no checkpoint found", "train first, or pass --checkpoint")
+            kept = kept_checkpoints(run_dir)
+            fix = f"pass --checkpoint with one the run kept ({kept})" if kept else "train first, or pass --checkpoint"
+            raise input_error(path, None, "no checkpoint found", fix)
         state = load_checkpoint(path, device)
         config = RunConfig.model_validate(state["config"])
         data = load_training_data(state["particles"], state["structure"], config, state.get("downsample_box"))
