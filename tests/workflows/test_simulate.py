@@ -201,3 +201,66 @@ def test_a_noise_free_stack_is_what_its_star_file_says_pixel_by_pixel(tmp_path):
         expected = np.fft.ifft2(np.fft.fft2(projection) * _relion_ctf(kx, ky, row, optics)).real
         observed = stack[int(index) - 1]
         assert np.abs(observed - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+# Ranges other than the defaults, so that a simulation ignoring a setting fails.
+RANGES = SimulationSettings(
+    n_images=300,
+    box=24,
+    pixel_size_A=6.0,
+    snr=0.5,
+    defocus_min_A=12000.0,
+    defocus_max_A=18000.0,
+    max_astigmatism_A=800.0,
+    max_shift_A=6.0,
+    seed=3,
+)
+
+
+@pytest.fixture(scope="module")
+def ranged_simulation(tmp_path_factory):
+    """300 particles of both example states simulated with the RANGES settings, read back with starfile."""
+    import starfile
+
+    from cryodomain.workflows.simulate import simulate
+
+    written = simulate(list(example_structures()), tmp_path_factory.mktemp("ranges"), RANGES)
+    return written, starfile.read(written["star"], always_dict=True)["particles"]
+
+
+def assert_fills(values: np.ndarray, low: float, high: float, name: str) -> None:
+    """Every value in [low, high] and both ends reached within 5 % of the range (300 uniform draws)."""
+    margin = 0.05 * (high - low)
+    assert values.min() >= low and values.max() <= high, name
+    assert values.min() < low + margin and values.max() > high - margin, name
+
+
+def test_shifts_defocus_and_astigmatism_in_the_star_file_fill_the_configured_ranges(ranged_simulation):
+    """README, simulate: shifts uniform within --max-shift Å, defocus uniform in the range with random
+    astigmatism up to --max-astigmatism (angles in degrees in the file)."""
+    _, particles = ranged_simulation
+    for column in ("rlnOriginXAngst", "rlnOriginYAngst"):
+        assert_fills(particles[column].to_numpy(), -RANGES.max_shift_A, RANGES.max_shift_A, column)
+    defocus_u, defocus_v = particles["rlnDefocusU"].to_numpy(), particles["rlnDefocusV"].to_numpy()
+    assert_fills((defocus_u + defocus_v) / 2, RANGES.defocus_min_A, RANGES.defocus_max_A, "mean defocus")
+    assert_fills(defocus_u - defocus_v, 0.0, RANGES.max_astigmatism_A, "astigmatism")
+    angles = particles["rlnDefocusAngle"].to_numpy()
+    assert_fills(angles, 0.0, 180.0, "rlnDefocusAngle")
+    assert angles.max() > 3.2  # degrees, not radians
+
+
+def test_the_snr_is_signal_variance_over_noise_variance_of_the_whole_stack(ranged_simulation):
+    """One noise level for the stack: the variance of the noise-free stack over the SNR, the same in
+    every image (a per-image SNR would make each image's noise follow its own signal)."""
+    import mrcfile
+
+    written, _ = ranged_simulation
+    table = read_star(written["star"])
+    table = table.subset(np.arange(len(table)))
+    clean = render_particles(load_conformations(list(example_structures())), np.load(written["truth"])["conformation"], table, RANGES)
+    noise = mrcfile.read(written["particles"]).astype(np.float64) - clean
+    assert noise.var() == pytest.approx(clean.var() / RANGES.snr, rel=0.02)
+    per_image_noise, per_image_signal = noise.var(axis=(1, 2)), clean.var(axis=(1, 2))
+    assert per_image_signal.max() > 1.5 * per_image_signal.min()  # the images' signals differ ...
+    assert abs(np.corrcoef(per_image_noise, per_image_signal)[0, 1]) < 0.2  # ... their noise does not follow
+    assert np.abs(per_image_noise / per_image_noise.mean() - 1).max() < 0.3
