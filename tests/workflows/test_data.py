@@ -2,6 +2,7 @@
 
 import mrcfile
 import numpy as np
+import pytest
 
 from cryodomain.io.metadata import read_particles
 from cryodomain.workflows.data import ParticleBatches, batch_bounds, batch_loader
@@ -81,3 +82,55 @@ def test_the_loader_serves_the_merged_batches_resumed_and_sharded_alike(tiny_sim
     shares = [[batch["index"].tolist() for batch in batch_loader(dataset, 20, shuffle=True, seed=1, epoch=2, processes=Processes(rank, 2))] for rank in (0, 1)]
     assert [[len(batch) for batch in share] for share in shares] == [[10, 14], [10, 14]]
     assert [first + second for first, second in zip(*shares)] == epoch
+
+
+def fourier_rms(images: np.ndarray) -> float:
+    """Root mean square of the orthonormal 2-D Fourier coefficients of a stack, by numpy."""
+    return float(np.sqrt(np.mean(np.abs(np.fft.fft2(images.astype(np.float64), norm="ortho")) ** 2)))
+
+
+def test_the_dataset_scale_is_the_fourier_std_of_a_sample_for_any_dataset_size(tiny_simulation):
+    """docs/method.md: images are divided by one dataset-wide factor, the std of the Fourier
+    coefficients of a sample of particles (data.normalization_sample), robust for any size."""
+    import torch
+
+    from cryodomain.physics.imaging import ImageFrame
+    from cryodomain.workflows.data import Preprocessor, dataset_scale
+
+    table = read_particles(tiny_simulation["star"])
+    dataset = ParticleBatches(table)
+    images = dataset[list(range(48))]["images"].numpy()
+    # A sample at least as large as the dataset: the whole stack.
+    scale = dataset_scale(dataset, 1000, seed=0)
+    assert scale == pytest.approx(fourier_rms(images), rel=1e-6)
+    # A smaller sample: the same statistic of that many particles, not of the whole stack.
+    sampled = [dataset_scale(dataset, 4, seed=seed) for seed in range(5)]
+    assert len(set(sampled)) > 1 and all(0.5 * scale < value < 2 * scale for value in sampled)
+    # One factor for the dataset: brighter images, a proportionally larger scale.
+    brighter = ParticleBatches(table)
+    brighter.images.read = lambda rows, read=brighter.images.read: 3.0 * read(rows)
+    assert dataset_scale(brighter, 1000, seed=0) == pytest.approx(3 * scale, rel=1e-6)
+    # One particle, or a handful (the published code failed under 100), gives a finite positive scale.
+    for n in (1, 3):
+        small = dataset_scale(ParticleBatches(table.subset(np.arange(n))), 1000, seed=0)
+        assert np.isfinite(small) and small == pytest.approx(fourier_rms(images[:n]), rel=1e-6)
+    # Divided by it, the images have unit mean square: what the loss and the encoder see.
+    frame = ImageFrame.build(32, 4.0)
+    encoder_input, _ = Preprocessor(frame, scale, 1.0)(torch.from_numpy(images), torch.zeros(48, 2))
+    assert float(encoder_input.double().square().mean()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_training_divides_the_images_by_the_scale_of_its_dataset(tmp_path, tiny_simulation, tiny_config_overrides):
+    import torch
+
+    from cryodomain.examples import STATE_A
+    from cryodomain.workflows.config import load_config
+    from cryodomain.workflows.data import dataset_scale
+    from cryodomain.workflows.train import train
+    from cryodomain.workflows.trained_run import TrainedRun
+
+    config = load_config(None, {**tiny_config_overrides, "optim.epochs": 1, "data.normalization_sample": 20})
+    train(tiny_simulation["star"], STATE_A, tmp_path / "run", config, progress=False)
+    expected = dataset_scale(ParticleBatches(read_particles(tiny_simulation["star"])), 20, seed=config.optim.seed)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["scale"] == expected
+    assert TrainedRun.load(tmp_path / "run").context.preprocess.scale == expected
