@@ -336,6 +336,10 @@ def _train(
     device = resolve_device(config.optim.device)
     if device.type == "cuda" and processes.distributed:
         device = torch.device("cuda", processes.local_rank)
+    if processes.is_main:
+        # Where the run trains, for train.log's reader and the report.
+        name = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+        log.info("device: %s%s", name, f", {processes.world_size} processes" if processes.distributed else "")
     inputs = run_inputs(particles, structure_path, config, data, downsample_box)
     state = None
     if resume and folder.last.exists():
