@@ -37,6 +37,24 @@ def test_correlation_ignores_the_scale_of_the_prediction():
     assert correlation_loss(5.0 * images, images).item() == pytest.approx(-1.0, abs=1e-4)
 
 
+def test_correlation_of_images_with_a_mean_follows_the_uncentred_formula():
+    # Not a Pearson correlation: the products are of the raw pixels, only the stds are centred.
+    # Image 0: I = (1, 3), Y = (2, 4): both stds 1, sum I Y = 14 over 2 pixels -> 7 (Pearson: 1).
+    # Image 1: I = (0, 2), Y = (1, -1): both stds 1, sum I Y = -2 over 2 pixels -> -1 (Pearson: -1).
+    predicted = torch.tensor([[[1.0, 3.0]], [[0.0, 2.0]]])
+    observed = torch.tensor([[[2.0, 4.0]], [[1.0, -1.0]]])
+    by_hand = -(7.0 + -1.0) / 2 / (1.0 + 1e-5) ** 2
+    assert correlation_loss(predicted, observed).item() == pytest.approx(by_hand, rel=1e-6)
+    # Larger images with means: the formula of the docstring in float64, pixel by pixel.
+    generator = torch.Generator().manual_seed(2)
+    predicted = torch.randn(4, 8, 8, generator=generator, dtype=torch.float64) + 1.5
+    observed = 0.5 * predicted - 2.0 + 0.3 * torch.randn(4, 8, 8, generator=generator, dtype=torch.float64)
+    per_image = [
+        (p * o).sum().item() / ((o.std(correction=0).item() + 1e-5) * (p.std(correction=0).item() + 1e-5)) / p.numel() for p, o in zip(predicted, observed)
+    ]
+    assert correlation_loss(predicted, observed).item() == pytest.approx(-sum(per_image) / 4, rel=1e-9)
+
+
 def test_latent_kl_is_zero_at_the_prior_and_positive_away():
     mean, std = torch.zeros(4, 8), torch.ones(4, 8)
     assert latent_kl(mean, std).item() == pytest.approx(0.0, abs=1e-6)
