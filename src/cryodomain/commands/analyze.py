@@ -6,9 +6,10 @@ k-means centres OUT/kmeans/centers.pdb with one RELION star file per cluster, th
 OUT/segments.csv and OUT/segments.pdb (segment in the B-factor column), segment motions per
 particle OUT/motions.csv (angle, axis, translation, centre displacement; how they follow each PC in
 OUT/motions_vs_pc.csv, along each traversal in OUT/pcK/motions.csv), per-residue RMSF as
-B-factors OUT/flexibility.pdb, ChimeraX scripts OUT/chimerax/*.cxc (open one in ChimeraX), and PNG
-pictures. With --full-atom, bond and clash checks per structure (structures_quality.csv beside
-each multi-model file). mmCIF (.cif) replaces PDB when a chain name is longer than 2 characters.
+B-factors OUT/flexibility.pdb, ChimeraX scripts OUT/chimerax/*.cxc (open one in ChimeraX), PNG
+pictures, and all of it on one interactive page OUT/report.html (see `cryodomain report`). With
+--full-atom, bond and clash checks per structure (structures_quality.csv beside each multi-model
+file). mmCIF (.cif) replaces PDB when a chain name is longer than 2 characters.
 
 Examples:
     cryodomain analyze run1 -o run1/analysis
@@ -66,7 +67,10 @@ def main(args: argparse.Namespace) -> None:
 
 def describe(out: AnalysisOutputs) -> str:
     """Where to look, as a few lines for the terminal."""
-    lines = [f"Analysis written to {out.out_dir}", "  pictures:"]
+    lines = [f"Analysis written to {out.out_dir}"]
+    if out.report is not None:
+        lines.append(f"  report:           {out.report} (everything on one page: open it in a browser)")
+    lines.append("  pictures:")
     lines += [f"    {path}" for path in out.pictures]
     lines += ["  PC traversals (multi-model, play as a series in ChimeraX):"]
     lines += [f"    {path}" for path in out.trajectories]

@@ -3,7 +3,8 @@
 Two conformations of the example (the target recognition domain rotated 20 degrees about a hinge)
 are simulated with every atom rendered; a model is trained from state A with the default settings
 for fewer epochs (src/cryodomain/data/demo.yaml); the structures are decoded and compared with the truth, and the
-run is analysed (latent space, motions along the PCs, segments, pictures).
+run is analysed (latent space, motions along the PCs, segments, pictures) into one HTML report,
+demo_output/analysis/report.html, whose path is printed last.
 
 Example:
     cryodomain demo -o demo_output
@@ -55,3 +56,4 @@ def main(args: argparse.Namespace) -> None:
     print(f"Trained run:          {run_dir} (metrics.csv, config.yaml, checkpoints/)")
     print(f"Structures and RMSD:  {run_dir / 'evaluation'} (coords.npy, rmsd.csv, summary.json)")
     print(describe(analysis))
+    print(f"Report:               {analysis.report} (the run, its analysis and its accuracy on one page: open it in a browser)")

@@ -29,6 +29,7 @@ COMMANDS = {
     "structures": "cryodomain.commands.structures",
     "analyze": "cryodomain.commands.analyze",
     "select": "cryodomain.commands.select",
+    "report": "cryodomain.commands.report",
     "evaluate": "cryodomain.commands.evaluate",
     "center": "cryodomain.commands.center",
     "convert": "cryodomain.commands.convert",

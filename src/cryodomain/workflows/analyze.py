@@ -19,6 +19,7 @@ From the latent mean of every image (in particle order):
   coloured by segment, and record a movie per PC.
 * Pictures: latent density with traversals and centres, explained variance, segment membership,
   segment motions, training curves, observed vs model images.
+* ``report.html``: all of it on one interactive page (:mod:`~cryodomain.workflows.report`).
 
 Every file is written atomically.
 """
@@ -48,6 +49,7 @@ from cryodomain.workflows.distributed import Processes, resolve_device
 from cryodomain.workflows.fit_report import example_rows, metric_curves, observed_and_model_images
 from cryodomain.workflows.latent import LatentPCA, kmeans_latents, latent_pca, pc_traversal, require_umap, umap_embedding
 from cryodomain.workflows.motions import residue_rmsf, segment_motions, write_flexibility, write_motion_files
+from cryodomain.workflows.report import default_evaluation, write_report
 from cryodomain.workflows.structure_quality import quality_summary, write_quality
 from cryodomain.workflows.structures import decode_batches
 from cryodomain.workflows.trained_run import TrainedRun
@@ -104,6 +106,7 @@ class AnalysisOutputs:
     quality_tables: list[Path] = field(default_factory=list)
     quality_summary: str | None = None
     chimerax: list[Path] = field(default_factory=list)
+    report: Path | None = None
 
 
 def check_settings(settings: AnalysisSettings) -> None:
@@ -435,4 +438,6 @@ def analyze_run(
     _motions_part(job, outputs, pca, traversals)
     _chimerax_part(job, outputs, segmentation[0])
     _pictures_part(job, outputs, pca, traversals, centres, segmentation)
+    # Last: the page shows what was written above (and the run's evaluation when there is one).
+    outputs.report = write_report(run.run_dir, out, out / "report.html", default_evaluation(run.run_dir))
     return outputs
