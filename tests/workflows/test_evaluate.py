@@ -7,7 +7,7 @@ import pytest
 from cryodomain.commands.main import main
 from cryodomain.examples import STATE_A
 from cryodomain.workflows.config import load_config
-from cryodomain.workflows.evaluate import binned_table, conformation_bins, evaluate_run
+from cryodomain.workflows.evaluate import binned_table, conformation_bins, evaluate_run, per_image_rmsd
 from cryodomain.workflows.train import train
 
 
@@ -91,6 +91,23 @@ def test_many_conformations_print_a_short_binned_table(tmp_path, tiny_run, tiny_
     limit = np.array([float(row["rigid_limit_rmsd_A"]) for row in rows])
     baseline = np.array([float(row["baseline_rmsd_A"]) for row in rows])
     assert np.all(limit <= baseline + 1e-4)
+
+
+def test_per_image_rmsd_by_hand():
+    # Two residues, two conformations; each image is compared with its own conformation.
+    truth = np.array([[[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]])
+    conformation = np.array([0, 1, 1, 1])
+    predicted = np.array(
+        [
+            [[3.0, 4.0, 0.0], [0.0, 0.0, 5.0]],  # 5 Å off at both residues: sqrt((25 + 25) / 2) = 5
+            [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]],  # its truth exactly
+            [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],  # conformation 0 against 1: sqrt((3 + 12) / 2)
+            [[2.0, 3.0, 3.0], [3.0, 4.0, 4.0]],  # conformation 1 moved by (1, 2, 2): 3 Å, no superposition
+        ]
+    )
+    np.testing.assert_allclose(per_image_rmsd(predicted, truth, conformation), [5.0, 0.0, np.sqrt(7.5), 3.0], rtol=1e-12)
+    # One structure for every image (the unmoved base model).
+    np.testing.assert_allclose(per_image_rmsd(truth[0], truth, conformation), [0.0, np.sqrt(7.5), np.sqrt(7.5), np.sqrt(7.5)], rtol=1e-12)
 
 
 def test_bins_are_contiguous_and_cover_every_conformation():
