@@ -4,6 +4,7 @@ import logging
 import re
 import sys
 
+import mrcfile
 import numpy as np
 import pytest
 import torch
@@ -13,10 +14,11 @@ import cryodomain.workflows.train as train_module
 from cryodomain.errors import InputError
 from cryodomain.examples import STATE_A
 from cryodomain.model.losses import clash_pairs_light
+from cryodomain.model.networks import Encoder, LatentTable
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.data import batch_loader
 from cryodomain.workflows.inputs import build_model, load_training_data
-from cryodomain.workflows.objective import betas_at, build_context, compute_losses
+from cryodomain.workflows.objective import betas_at, build_context, compute_losses, encoder_inputs
 from cryodomain.workflows.optimization import build_optimizer, set_l2_weight
 from cryodomain.workflows.train import train
 from cryodomain.workflows.trained_run import TrainedRun
@@ -57,13 +59,28 @@ def test_same_seed_same_bits_and_resume_continues_exactly(tmp_path, tiny_simulat
     assert [r["total"] for r in metrics[0]] == [r["total"] for r in metrics[1]]
 
 
+def encoded_alone(trained, i):
+    """Latent mean ``(D,)`` of particle ``i`` encoded in a batch of its own, its image read from the stack."""
+    batch = trained.data.dataset[[i]]
+    # The batch holds image i of the stack and row i's pose: the particle itself, not a neighbour.
+    with mrcfile.mmap(trained.data.table.image_paths[i], mode="r") as stack:
+        np.testing.assert_array_equal(batch["images"][0].numpy(), stack.data[trained.data.table.image_indices[i]])
+    np.testing.assert_array_equal(batch["rotations"][0].numpy(), trained.data.table.rotations[i].astype(np.float32))
+    with torch.no_grad():
+        encoder_input, _, _ = encoder_inputs(trained.model, batch, trained.data.table, trained.context)
+        mean, _ = trained.model.encode(encoder_input, batch["index"], batch["rotations"])
+    return mean[0].numpy()
+
+
 def test_latent_means_are_in_particle_order(tmp_path, tiny_simulation, tiny_config_overrides):
     run_dir = run(tmp_path, tiny_simulation, tiny_config_overrides)
     trained = TrainedRun.load(run_dir)
     z = trained.latent_means(batch_size=5, progress=False)
     assert z.shape == (48, 2)
-    single = trained.latent_means(batch_size=48, progress=False)
-    np.testing.assert_allclose(z, single, rtol=1e-5, atol=1e-6)
+    alone = np.stack([encoded_alone(trained, i) for i in range(48)])
+    np.testing.assert_allclose(z, alone, rtol=1e-5, atol=1e-6)
+    # The images' latents differ, so a reordering could not pass unnoticed.
+    assert len(np.unique(alone.round(4), axis=0)) == 48
 
 
 def test_batch_larger_than_the_dataset_is_an_input_error(tmp_path, tiny_simulation, tiny_config_overrides):
@@ -106,9 +123,15 @@ def test_parts_move_only_their_residues(tmp_path, tiny_simulation, tiny_config_o
 def test_non_amortised_latents_train(tmp_path, tiny_simulation, tiny_config_overrides):
     run_dir = run(tmp_path, tiny_simulation, {**tiny_config_overrides, "model.amortized": False})
     trained = TrainedRun.load(run_dir)
-    z = trained.latent_means(progress=False)
-    # One free latent per image, moved away from its zero start by training.
-    assert z.shape == (48, 2) and np.abs(z).max() > 0
+    # A table of one free latent mean per image in place of the encoder network.
+    assert isinstance(trained.model.encoder, LatentTable) and not trained.model.amortized
+    assert not any(isinstance(module, Encoder) for module in trained.model.modules())
+    table = trained.model.encoder.means.detach().numpy()
+    assert table.shape == (48, 2)
+    z = trained.latent_means(batch_size=5, progress=False)
+    # The latent of image i is row i of the table, moved away from its zero start by training.
+    np.testing.assert_array_equal(z, table)
+    assert np.abs(z).max() > 0 and len(np.unique(z, axis=0)) == 48
 
 
 def test_a_part_on_a_missing_chain_is_an_input_error(tmp_path, tiny_simulation, tiny_config_overrides):
