@@ -98,3 +98,49 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
     assert_same_model(run / "checkpoints" / "epoch_0006.pt", reference / "checkpoints" / "epoch_0006.pt")
     assert metric_totals(run) == metric_totals(reference)
     assert not [path.name for path in run.rglob("*") if ".tmp" in path.name]
+
+
+# Long enough that a run signalled after its first epoch is far from its end.
+SIGTERM_CONFIG = """\
+model: {encoder_hidden: [32, 16], decoder_hidden: [32], n_segments: 3, latent_dim: 2}
+optim: {epochs: 40, batch_size: 8, lr: 0.001, device: cpu}
+"""
+
+
+def test_sigterm_to_a_training_process_saves_its_place_and_exits_143(tmp_path, tiny_simulation):
+    """README, Reliability: SIGTERM (a batch scheduler's stop) finishes the step, saves last.pt with
+    the position inside the epoch and exits with status 143; --resume continues from there."""
+    config_path = tmp_path / "long.yaml"
+    config_path.write_text(SIGTERM_CONFIG)
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "cryodomain",
+        "train",
+        str(tiny_simulation["star"]),
+        "--structure",
+        str(STATE_A),
+        "-o",
+        str(run),
+        "--config",
+        str(config_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Inside training (an epoch's checkpoint is written), far from its end.
+    deadline = time.monotonic() + 120
+    while process.poll() is None and not (run / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "cryodomain train: stopped by SIGTERM after" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert 1 <= state["epoch"] < 40
+
+    # --resume starts where the signal stopped it (one more epoch here, not the whole run).
+    before = metric_totals(run)
+    train(tiny_simulation["star"], STATE_A, run, load_config(config_path), resume=True, progress=False, stop_after_epoch=state["epoch"] + 1)
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == state["epoch"] + 1
+    assert len(before) == state["epoch"] and metric_totals(run)[:-1] == before
