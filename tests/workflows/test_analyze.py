@@ -5,6 +5,7 @@ import dataclasses
 import io
 import sys
 import types
+from pathlib import Path
 from typing import ClassVar
 
 import gemmi
@@ -17,6 +18,7 @@ import scipy.stats
 import starfile
 import torch
 
+from cryodomain import plots
 from cryodomain.commands.main import main
 from cryodomain.errors import InputError
 from cryodomain.examples import STATE_A
@@ -32,7 +34,9 @@ from cryodomain.workflows.analyze import (
     structure_suffix,
 )
 from cryodomain.workflows.config import load_config
-from cryodomain.workflows.latent import kmeans_latents, latent_pca, nearest_latents, pc_traversal
+from cryodomain.workflows.data import ParticleBatches
+from cryodomain.workflows.fit_report import example_rows
+from cryodomain.workflows.latent import kmeans_latents, latent_pca, nearest_latents, pc_traversal, umap_embedding
 from cryodomain.workflows.structures import decode_batches
 from cryodomain.workflows.train import train
 from cryodomain.workflows.trained_run import TrainedRun
@@ -42,7 +46,8 @@ N_POINTS, N_CLUSTERS = 6, 10
 
 
 class FakeUMAP:
-    """Stands in for umap-learn's UMAP (not installed): a fixed linear embedding."""
+    """Stands in for umap-learn's UMAP in the fast tests (its first call compiles for a minute): a
+    fixed linear embedding. The real library is tested in test_umap_learn_embeds_the_latents."""
 
     calls: ClassVar[list[dict]] = []
 
@@ -53,22 +58,52 @@ class FakeUMAP:
         return np.asarray(z)[:, :2] * 10.0 + 1.0
 
 
+# Columns of the user's own that the cluster star files must carry along.
+EXTRA_COLUMNS = ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber", "rlnRandomSubset", "rlnAutopickFigureOfMerit")
+
+
+def star_with_extra_columns(star, path):
+    """A copy of ``star`` (image paths made absolute) with per-particle columns that cryodomain does not use."""
+    blocks = starfile.read(star, always_dict=True)
+    particles = blocks["particles"].copy()
+    n = len(particles)
+    stack_dir = star.parent.absolute()
+    particles["rlnImageName"] = [f"{name.split('@')[0]}@{stack_dir / name.split('@')[1]}" for name in particles["rlnImageName"]]
+    particles["rlnMicrographName"] = [f"Micrographs/mic_{i // 8:03d}.mrc" for i in range(n)]
+    particles["rlnCoordinateX"] = np.arange(n) * 11.5 + 3.25
+    particles["rlnCoordinateY"] = np.arange(n)[::-1] * 7.0 + 0.5
+    particles["rlnClassNumber"] = np.arange(n) % 3 + 1
+    particles["rlnRandomSubset"] = np.arange(n) % 2 + 1
+    particles["rlnAutopickFigureOfMerit"] = np.linspace(0.1, 0.9, n)
+    starfile.write({"optics": blocks["optics"], "particles": particles}, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory, tiny_simulation, tiny_config_overrides):
-    """A trained tiny run analysed from the command line with every option."""
+    """A trained tiny run analysed from the command line with every option, each picture's figure kept."""
     root = tmp_path_factory.mktemp("analyze")
+    star = star_with_extra_columns(tiny_simulation["star"], root / "particles.star")
     config = load_config(None, tiny_config_overrides)
-    train(tiny_simulation["star"], STATE_A, root / "run", config, progress=False)
+    train(star, STATE_A, root / "run", config, progress=False)
     out = root / "analysis"
     summary = io.StringIO()
+    figures = {}
+    save = plots._save
+
+    def keep_figure(fig, path):
+        figures[Path(path).name] = fig
+        save(fig, path)
+
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(summary):
         patch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
+        patch.setattr(plots, "_save", keep_figure)
         status = main(["analyze", str(root / "run"), "-o", str(out), "--points", str(N_POINTS), "--full-atom", "--volumes", "--umap", "--device", "cpu"])
     assert status == 0
     run = TrainedRun.load(root / "run")
     model, data = run.model, run.data
     z = run.latent_means(progress=False)
-    return types.SimpleNamespace(run_dir=root / "run", run=run, out=out, summary=summary.getvalue(), model=model, data=data, z=z, star=tiny_simulation["star"])
+    return types.SimpleNamespace(run_dir=root / "run", run=run, out=out, summary=summary.getvalue(), model=model, data=data, z=z, star=star, figures=figures)
 
 
 def test_latent_means_and_pca_spectrum(analysed):
@@ -114,7 +149,8 @@ def test_kmeans_labels_centres_and_star_files_partition_the_particles(analysed):
     assert len(gemmi.read_structure(str(kmeans / "centers.pdb"))) == N_CLUSTERS
 
     original = read_star(analysed.star)
-    original_names = starfile.read(analysed.star)["particles"]["rlnImageName"]
+    original_rows = starfile.read(analysed.star)["particles"]
+    original_names = original_rows["rlnImageName"]
     seen = []
     for cluster in range(N_CLUSTERS):
         path = kmeans / f"cluster_{cluster:02d}.star"
@@ -129,6 +165,16 @@ def test_kmeans_labels_centres_and_star_files_partition_the_particles(analysed):
         names = starfile.read(path)["particles"]["rlnImageName"]
         assert [name.split("@")[0] for name in names] == [original_names[i].split("@")[0] for i in members]
         np.testing.assert_allclose(subset.rotations, original.rotations[members], atol=1e-6)
+        # Shifts and every CTF value of each member, as read back.
+        for field in ("shifts_A", "defocus_u_A", "defocus_v_A", "defocus_angle_rad", "voltage_kv", "spherical_aberration_mm"):
+            np.testing.assert_allclose(getattr(subset, field), getattr(original, field)[members], rtol=1e-6, atol=1e-6, err_msg=field)
+        for field in ("amplitude_contrast", "phase_shift_rad", "bfactor_A2", "pixel_size_A"):
+            np.testing.assert_allclose(getattr(subset, field), getattr(original, field)[members], rtol=1e-6, atol=1e-6, err_msg=field)
+        assert subset.image_size.tolist() == original.image_size[members].tolist()
+        # The user's own columns travel with their particles.
+        rows = starfile.read(path)["particles"]
+        for column in EXTRA_COLUMNS:
+            assert rows[column].tolist() == original_rows[column].iloc[members].tolist(), column
         seen += members.tolist()
     assert sorted(seen) == list(range(N_IMAGES))
 
@@ -175,21 +221,58 @@ def test_volumes_are_on_the_data_grid_centred_on_the_model(analysed):
     assert density.sum() * APIX**3 == pytest.approx(amplitudes.sum() * 2 * np.pi * sigma**2, rel=0.05)
 
 
-def test_pictures_are_written_and_not_blank(analysed):
-    for name in (
-        "latent_pca.png",
-        "latent_umap.png",
-        "pca_explained_variance.png",
-        "segments.png",
-        "training_curves.png",
-        "images.png",
-        "motions.png",
-        "motions_vs_pc.png",
-    ):
-        path = analysed.out / name
-        assert path.stat().st_size > 0, name
-        pixels = plt.imread(path)
-        assert (pixels != pixels[0, 0]).any(), name  # more than one colour
+def drawn(fig, kind):
+    """The artists of one kind drawn on the figure's axes, in drawing order."""
+    return [artist for ax in fig.axes for artist in getattr(ax, kind)]
+
+
+def test_pictures_are_written_and_show_the_data(analysed):
+    names = [
+        "latent_pca.png", "latent_umap.png", "pca_explained_variance.png", "segments.png",
+        "training_curves.png", "images.png", "motions.png", "motions_vs_pc.png",
+    ]  # fmt: skip
+    assert set(analysed.figures) == set(names)
+    for name in names:
+        pixels = plt.imread(analysed.out / name)
+        assert pixels.ndim == 3 and pixels.shape[0] > 100, name
+    figures = analysed.figures
+    pca = latent_pca(analysed.z)
+    # Latent densities: every particle is counted in a hexbin, the traversals are drawn on top.
+    for name, coords in (("latent_pca.png", pca.projections[:, :2]), ("latent_umap.png", np.load(analysed.out / "umap.npy"))):
+        (hexbin,) = [artist for artist in figures[name].axes[0].collections if artist.get_array() is not None]
+        assert hexbin.get_array().sum() == N_IMAGES, name
+        lines = drawn(figures[name], "lines")
+        indices = np.loadtxt(analysed.out / "pc1" / "indices.txt", dtype=np.int64)
+        np.testing.assert_allclose(lines[0].get_xydata(), coords[indices], atol=1e-5, err_msg=name)
+    # Explained variance: one bar per PC, as high as its ratio.
+    ratio = pd.read_csv(analysed.out / "pca_explained_variance.csv")["explained_variance_ratio"]
+    np.testing.assert_allclose([bar.get_height() for bar in drawn(figures["pca_explained_variance.png"], "patches")], ratio, atol=1e-9)
+    # Segments: one bar per residue, as high as its membership.
+    segments = pd.read_csv(analysed.out / "segments.csv", keep_default_na=False)
+    bars = drawn(figures["segments.png"], "patches")
+    assert len(bars) == N_RESIDUES
+    by_residue = sorted((bar.get_x() + bar.get_width() / 2, bar.get_height()) for bar in bars)
+    np.testing.assert_allclose([height for _, height in by_residue], segments["probability"], atol=1e-6)
+    # Training curves: the epochs' losses.
+    metrics = pd.read_csv(analysed.run_dir / "metrics.csv")
+    total = next(line for line in drawn(figures["training_curves.png"], "lines") if line.get_label() == "total")
+    np.testing.assert_allclose(total.get_ydata(), metrics["total"])
+    # Images: the observed images and the model's, pixel for pixel.
+    images = [np.asarray(image.get_array()) for image in drawn(figures["images.png"], "images")]
+    rows = example_rows(N_IMAGES, AnalysisSettings().n_example_images)
+    observed, predicted, _ = observed_and_model_images(analysed.run, rows)
+    np.testing.assert_allclose(np.stack(images), np.concatenate([observed, predicted]), atol=1e-6)
+    # Motions: one box per segment and quantity, with a line at the particles' median.
+    medians = pd.read_csv(analysed.out / "motions.csv").groupby("segment")[["angle_deg", "displacement_A"]].median()
+    for ax, quantity in zip(figures["motions.png"].axes, ("angle_deg", "displacement_A")):
+        assert len(ax.patches) == N_SEGMENTS, quantity
+        heights = [line.get_ydata()[0] for line in ax.lines]
+        assert all(min(abs(height - median) for height in heights) < 1e-6 for median in medians[quantity]), quantity
+    # Motion against PC correlations: the heat maps hold the table's values.
+    heat = [np.asarray(image.get_array()) for image in drawn(figures["motions_vs_pc.png"], "images")]
+    correlation = pd.read_csv(analysed.out / "motions_vs_pc.csv")
+    spearman = correlation[correlation["quantity"] == "angle_deg"].pivot(index="segment", columns="pc", values="spearman").to_numpy()
+    np.testing.assert_allclose(heat[0], spearman, atol=1e-6)
 
 
 def test_umap_embedding_is_saved(analysed):
@@ -199,18 +282,50 @@ def test_umap_embedding_is_saved(analysed):
     assert FakeUMAP.calls[-1]["n_neighbors"] < N_IMAGES
 
 
+@pytest.mark.slow  # umap-learn compiles its functions on first use: half a minute
+@pytest.mark.filterwarnings("ignore:n_jobs value 1 overridden")  # the seed makes UMAP single-threaded
+def test_umap_learn_embeds_the_latents(analysed, tmp_path):
+    pytest.importorskip("umap")
+    settings = AnalysisSettings(n_pcs=1, n_points=3, n_clusters=2, umap=True, progress=False)
+    written = analyze_run(analysed.run_dir, tmp_path / "out", settings, device="cpu")
+    embedding = np.load(tmp_path / "out" / "umap.npy")
+    assert embedding.shape == (N_IMAGES, 2) and embedding.dtype == np.float32 and np.isfinite(embedding).all()
+    assert tmp_path / "out" / "latent_umap.png" in written.pictures
+    # The run's seed fixes the embedding.
+    np.testing.assert_array_equal(umap_embedding(analysed.z, analysed.run.config.optim.seed), embedding)
+    # Two groups of latents stay two groups: each point's nearest neighbours are of its own group.
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(size=(30, 4)), rng.normal(size=(30, 4)) + 6.0]).astype(np.float32)
+    group = np.repeat([0, 1], 30)
+    embedded = umap_embedding(z, 3)
+    distances = np.linalg.norm(embedded[:, None] - embedded[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    assert (group[np.argsort(distances, axis=1)[:, :5]] == group[:, None]).all()
+
+
 def test_summary_says_where_to_look(analysed):
     assert str(analysed.out / "pc1" / "trajectory.pdb") in analysed.summary
     assert str(analysed.out / "images.png") in analysed.summary
     assert str(analysed.out / "kmeans" / "centers.pdb") in analysed.summary
 
 
-def test_model_images_resemble_the_observed_ones(analysed):
-    rows = np.array([0, 7, 21])
+def with_negated_shifts(run):
+    """The same trained run reading every particle's shift with the opposite sign."""
+    table = dataclasses.replace(run.data.table, shifts_A=-run.data.table.shifts_A)
+    data = dataclasses.replace(run.data, table=table, dataset=ParticleBatches(table, run.data.dataset.box))
+    return dataclasses.replace(run, data=data)
+
+
+def test_model_images_match_the_observed_ones_only_with_the_right_shift_sign(analysed):
+    # The particles shifted most (up to a pixel): where the shift convention matters most.
+    rows = np.argsort(-np.linalg.norm(analysed.data.table.shifts_A, axis=1))[:8]
     observed, predicted, correlation = observed_and_model_images(analysed.run, rows)
-    assert observed.shape == predicted.shape == (3, BOX, BOX)
-    # The base model already explains the simulated images: clearly positive correlation.
-    assert (correlation > 0.3).all()
+    assert observed.shape == predicted.shape == (8, BOX, BOX)
+    _, _, flipped = observed_and_model_images(with_negated_shifts(analysed.run), rows)
+    # Every image fits better with the shifts as RELION means them than with the opposite sign.
+    assert (correlation > flipped + 0.1).all(), (correlation, flipped)
+    # A bar the opposite sign does not reach on these images (0.11-0.48 against 0.72-0.88).
+    assert (correlation > 0.6).all(), correlation
 
 
 def test_training_curves_hold_the_weighted_regularisers(analysed):
