@@ -116,5 +116,5 @@ def kmeans_latents(z: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarra
 def umap_embedding(z: np.ndarray, seed: int) -> np.ndarray:
     """2-D UMAP embedding ``(N, 2)`` float32 of the latent means (needs ``umap-learn``)."""
     umap = require_umap()
-    embedding = umap.UMAP(n_neighbors=min(15, len(z) - 1)).fit_transform(z)
+    embedding = umap.UMAP(n_neighbors=min(15, len(z) - 1), random_state=seed % 2**32).fit_transform(z)
     return np.asarray(embedding, dtype=np.float32)
