@@ -332,10 +332,10 @@ def read_report_data(run_dir: str | Path, analysis_dir: str | Path, evaluation_d
         InputError: a file the report needs is missing, or the analysis files disagree.
     """
     run_dir, out = Path(run_dir), Path(analysis_dir)
-    if not out.is_dir():
-        raise input_error(out, "--analysis", "is not a folder", _ANALYZE_FIX)
     metrics = read_metrics(run_dir)
     run = read_run(run_dir, metrics)
+    if not out.is_dir():
+        raise input_error(out, "--analysis", "is not a folder", _ANALYZE_FIX)
     projections = np.load(_required(out / "pca_projections.npy"))
     if projections.ndim == 1:
         projections = projections[:, None]

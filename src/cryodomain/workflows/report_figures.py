@@ -283,7 +283,7 @@ def trajectory_figure(trajectory: Trajectory, segments: pd.DataFrame, n_segments
                 text=[labels[row] if row >= 0 else "" for row in path],
                 hovertemplate="%{text}<extra>" + ("fixed" if k == 0 else f"segment {k - 1}") + "</extra>",
                 name="fixed" if k == 0 else f"segment {k - 1}",
-                visible=True if len(path) else "legendonly",
+                showlegend=bool(len(path)),  # a segment that is no residue's most probable one has nothing to draw
             )
         )
     frames = []
