@@ -241,3 +241,12 @@ def test_a_folder_that_is_not_a_run_or_an_evaluation_is_refused(tiny_analysis, t
         read_report_data(tmp_path, tiny_analysis.analysis)
     with pytest.raises(InputError, match=r"summary.json: --evaluation: not found; give the -o folder of `cryodomain evaluate`"):
         read_report_data(tiny_analysis.run, tiny_analysis.analysis, tmp_path)
+
+
+def test_a_particle_without_a_motion_is_left_uncoloured_not_a_broken_page(tiny_analysis, tmp_path):
+    out = copy_analysis(tiny_analysis, tmp_path)
+    motions = pd.read_csv(out / "motions.csv")
+    motions[motions["particle"] != 7].to_csv(out / "motions.csv", index=False)
+    page = write_report(tiny_analysis.run, out, tmp_path / "page.html").read_text(encoding="utf-8")
+    angle = colourings(page)["options"][1]["values"]
+    assert angle[7] is None and all(value is not None for row, value in enumerate(angle) if row != 7)

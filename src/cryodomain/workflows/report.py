@@ -161,12 +161,14 @@ def _latent_section(data: ReportData) -> str:
     for segment in range(k):
         for quantity, values, unit in (("rotation angle", data.angle_deg, "°"), ("centre displacement", data.displacement_A, "Å")):
             column = np.round(values[shown, segment], 3)
-            low, high = np.nanpercentile(column, [2, 98]) if np.isfinite(column).any() else (0.0, 1.0)
+            finite = np.isfinite(column)
+            low, high = np.percentile(column[finite], [2, 98]) if finite.any() else (0.0, 1.0)
             options.append(
                 {
                     "label": f"segment {segment} {quantity} ({unit})",
                     "kind": "continuous",
-                    "values": column.tolist(),
+                    # JSON has no NaN: a particle without a value is null (plotly leaves it uncoloured).
+                    "values": np.where(finite, column, None).tolist(),
                     "cmin": float(low),
                     "cmax": float(high),
                     "unit": unit,
