@@ -250,3 +250,23 @@ def test_a_particle_without_a_motion_is_left_uncoloured_not_a_broken_page(tiny_a
     page = write_report(tiny_analysis.run, out, tmp_path / "page.html").read_text(encoding="utf-8")
     angle = colourings(page)["options"][1]["values"]
     assert angle[7] is None and all(value is not None for row, value in enumerate(angle) if row != 7)
+
+
+def test_the_trace_is_ca_for_amino_acids_and_p_for_nucleotides_of_full_atom_files(tmp_path):
+    from cryodomain.examples import STATE_A
+    from cryodomain.io.structure import read_atomic_model
+    from cryodomain.io.structure_writer import write_structure
+    from cryodomain.workflows.analyze import segment_table
+    from cryodomain.workflows.report_data import trace_coordinates
+
+    structure = read_atomic_model(STATE_A)
+    shifted = np.stack([structure.atom_coords, structure.atom_coords + [5.0, 0.0, 0.0]])
+    write_structure(tmp_path / "trajectory.pdb", structure, shifted, full_atom=True)
+    segments = segment_table(structure, np.zeros(structure.n_residues, dtype=np.int64), np.ones(structure.n_residues))
+    trace = trace_coordinates(tmp_path / "trajectory.pdb", segments)
+    assert trace.shape == (2, structure.n_residues, 3)
+    phosphate = {index: coords for index, name, coords in zip(structure.atom_residue_index, structure.atom_names, structure.atom_coords) if name == "P"}
+    for residue in range(structure.n_residues):
+        expected = phosphate.get(residue, structure.coords[residue]) if structure.is_nucleotide[residue] else structure.coords[residue]
+        np.testing.assert_allclose(trace[:, residue], [expected, expected + [5.0, 0.0, 0.0]], atol=2e-3)
+    assert structure.is_nucleotide.any() and len(phosphate) > 10

@@ -277,7 +277,8 @@ def trace_coordinates(path: Path, segments: pd.DataFrame) -> np.ndarray:
     frames = []
     for model in models:
         coords = model.coords.copy()
-        phosphates = np.flatnonzero(model.atom_names == "P")
+        # Nucleotides only: a phosphorylated amino acid (SEP, TPO) has a P too.
+        phosphates = np.flatnonzero((model.atom_names == "P") & model.is_nucleotide[model.atom_residue_index])
         coords[model.atom_residue_index[phosphates]] = model.atom_coords[phosphates]
         frames.append(coords[order])
     return np.stack(frames).astype(np.float32)
