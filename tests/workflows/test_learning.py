@@ -12,6 +12,7 @@ import pytest
 from cryodomain.examples import DEMO_CONFIG, MOVED_CHAIN, MOVED_RESIDUES, STATE_A, example_structures
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.evaluate import per_image_rmsd
+from cryodomain.workflows.latent import kmeans_latents
 from cryodomain.workflows.simulate import SimulationSettings, simulate
 from cryodomain.workflows.structures import write_coordinates
 from cryodomain.workflows.train import train
@@ -35,14 +36,26 @@ def test_training_recovers_the_domain_motion_and_segments_the_domain(tmp_path):
     rmsd = per_image_rmsd(predicted, truth["coords"], conformation)
     baseline = per_image_rmsd(data.structure.coords, truth["coords"], conformation)
     moved_images = conformation == 1
-    # The unmoved model is wrong by ~3.6 Å on state-B images; the trained model is far closer,
-    # and it does not invent motion for state-A images.
-    assert np.median(rmsd[moved_images]) < 0.5 * np.median(baseline[moved_images])
-    assert np.median(rmsd[~moved_images]) < 1.0
+    unmoved = np.median(baseline[moved_images])  # ~3.6 Å
+    # The unmoved model is wrong by ~3.6 Å on state-B images; the trained model is far closer on
+    # nine in ten of them (measured: median 0.30 Å, 90th percentile 0.33 Å), not on half ...
+    assert np.median(rmsd[moved_images]) < 0.25 * unmoved
+    assert np.percentile(rmsd[moved_images], 90) < 0.5 * unmoved
+    # ... and it does not invent motion for state-A images (measured: median 0.25 Å, 90th percentile 0.29 Å).
+    assert np.median(rmsd[~moved_images]) < 0.6
+    assert np.percentile(rmsd[~moved_images], 90) < 0.8
 
-    # The latent space separates the two states.
+    # Image by image, the decoded structure is nearer its own state than the other (measured: 99 %).
+    to_state = [per_image_rmsd(predicted, truth["coords"], np.full_like(conformation, c)) for c in (0, 1)]
+    decoded_state = (to_state[1] < to_state[0]).astype(conformation.dtype)
+    assert (decoded_state == conformation).mean() >= 0.95
+
+    # The latent space separates the two states: a 2-means of the latent means finds them (measured: 99 %).
     centres = [z[conformation == c].mean(0) for c in (0, 1)]
     assert np.linalg.norm(centres[0] - centres[1]) > 2 * z[conformation == 0].std(0).mean()
+    labels, _ = kmeans_latents(z, 2, seed=0)
+    agreement = (labels == conformation).mean()
+    assert max(agreement, 1.0 - agreement) >= 0.95
 
     # The moved domain lies in segments of its own: segments that hold most of its residues hold
     # few residues of the rest.
