@@ -13,6 +13,16 @@ from cryodomain.workflows.simulate import SimulationSettings, simulate
 TINY = SimulationSettings(n_images=48, box=32, pixel_size_A=4.0, snr=1.0, atoms="residue", seed=7)
 
 
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """The CLI points the root logger at this test's captured stderr; later tests must not write there."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def tiny_simulation(tmp_path_factory):
     """Paths of a 48-particle simulation of both example states (particles, star, truth, picture)."""

@@ -18,6 +18,9 @@ import pytest
 import starfile
 import torch
 
+# The .cs builders of tests/io (on the import path: pyproject.toml, pytest pythonpath).
+from cryosparc_files import ALIGNMENTS3D, BLOB, CTF, cs_dataset, group_fields, save_cs, table_groups
+
 from cryodomain.commands.main import COMMANDS, main
 from cryodomain.errors import InputError
 from cryodomain.examples import STATE_A
@@ -27,10 +30,6 @@ from cryodomain.workflows.config import load_config
 from cryodomain.workflows.structures import write_coordinates
 from cryodomain.workflows.train import train
 from cryodomain.workflows.trained_run import TrainedRun
-
-# The .cs builders of tests/io (tests are no package: their folder joins the import path).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
-from cryosparc_files import ALIGNMENTS3D, BLOB, CTF, cs_dataset, group_fields, save_cs, table_groups  # noqa: E402
 
 TINY_CONFIG = "model: {encoder_hidden: [32, 16], decoder_hidden: [32], n_segments: 3, latent_dim: 2}\noptim: {epochs: 2, batch_size: 16, device: cpu}\n"
 

@@ -6,12 +6,13 @@ and whose blob and ctf fields live in a passthrough file under a name the reader
 """
 
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+
+# The .cs builders of tests/io (on the import path: pyproject.toml, pytest pythonpath).
+from cryosparc_files import BLOB, CTF, class_groups, cs_dataset, group_fields, save_cs, table_groups
 from scipy.spatial.transform import Rotation
 
 import cryodomain.io.metadata
@@ -19,10 +20,6 @@ from cryodomain.commands.main import main
 from cryodomain.examples import STATE_A
 from cryodomain.io.star import read_star
 from cryodomain.workflows.trained_run import TrainedRun
-
-# The .cs builders of tests/io (tests are no package: their folder joins the import path).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
-from cryosparc_files import BLOB, CTF, class_groups, cs_dataset, group_fields, save_cs, table_groups  # noqa: E402
 
 TINY_MODEL = "model:\n  encoder_hidden: [16]\n  decoder_hidden: [16]\n"
 TINY_FLAGS = ["--epochs", "1", "--batch-size", "16", "--segments", "2", "--latent-dim", "2"]

@@ -134,20 +134,6 @@ def test_the_noise_of_the_tiny_simulation_matches_its_snr(tiny_simulation):
     assert abs(noise.mean()) < 0.02 * noise.std()
 
 
-def _relion_euler_matrix(rot_deg: float, tilt_deg: float, psi_deg: float) -> np.ndarray:
-    """RELION's Euler_angles2matrix (src/euler.cpp), written out entry by entry: model -> view."""
-    a, b, g = np.deg2rad([rot_deg, tilt_deg, psi_deg])
-    ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
-    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
-    return np.array(
-        [
-            [cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
-            [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
-            [sc, ss, cb],
-        ]
-    )
-
-
 def _relion_ctf(kx: np.ndarray, ky: np.ndarray, row, optics) -> np.ndarray:
     """RELION's CTF::getCTF (src/ctf.cpp) at frequencies (1/Å): -sin(K1 deltaf u^2 + K2 u^4 - K5 - K3)."""
     voltage = optics["rlnVoltage"] * 1e3
@@ -170,6 +156,7 @@ def test_a_noise_free_stack_is_what_its_star_file_says_pixel_by_pixel(tmp_path):
     CTF applied with numpy's FFT. Flipping a sign of the angles, the origins or the CTF fails."""
     import mrcfile
     import starfile
+    from test_poses import relion_euler_angles2matrix  # RELION's matrix, written out in tests/io
 
     from cryodomain.io.structure import read_atomic_model
     from cryodomain.workflows.simulate import simulate
@@ -190,7 +177,7 @@ def test_a_noise_free_stack_is_what_its_star_file_says_pixel_by_pixel(tmp_path):
     for _, row in particles.iterrows():
         index, name = row["rlnImageName"].split("@")
         assert name == "particles.mrcs"
-        view = model.coords @ _relion_euler_matrix(row["rlnAngleRot"], row["rlnAngleTilt"], row["rlnAnglePsi"]).T
+        view = model.coords @ relion_euler_angles2matrix(row["rlnAngleRot"], row["rlnAngleTilt"], row["rlnAnglePsi"]).T
         x = view[:, 0] - row["rlnOriginXAngst"]
         y = view[:, 1] - row["rlnOriginYAngst"]
         projection = (

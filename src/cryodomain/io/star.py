@@ -181,8 +181,22 @@ def write_star(path: str | Path, table: ParticleTable) -> None:
     written_paths = np.asarray([_path_for_star(stack, star_dir) for stack in unique_paths], dtype=object)[inverse]
     image_names = [f"{index + 1:06d}@{stack}" for index, stack in zip(table.image_indices.tolist(), written_paths)]
 
+    particles = particle_columns(table, image_names, optics_group)
+    if table.extra is not None:
+        kept = [c for c in table.extra.columns if c not in particles.columns and c not in _OPTICS_OR_SUPERSEDED_COLUMNS]
+        particles = pd.concat([particles, table.extra[kept].reset_index(drop=True)], axis=1)
+
+    with atomic_output(path) as tmp:
+        starfile.write({"optics": optics, "particles": particles}, tmp)
+        _replace_timestamp_comment(tmp)
+    logger.info("wrote %d particles (%d optics group(s)) to %s", len(particles), len(optics), path)
+
+
+def particle_columns(table: ParticleTable, image_names: list[str], optics_group: np.ndarray) -> pd.DataFrame:
+    """The RELION 3.1 particle columns of ``table``: image names, Euler angles (degrees), origins (Å),
+    CTF values (angles in degrees) and each particle's optics group number."""
     angles_deg = matrix_to_relion_euler(table.rotations)
-    particles = pd.DataFrame(
+    return pd.DataFrame(
         {
             "rlnImageName": image_names,
             "rlnAngleRot": angles_deg[:, 0],
@@ -198,14 +212,6 @@ def write_star(path: str | Path, table: ParticleTable) -> None:
             "rlnOpticsGroup": optics_group,
         }
     )
-    if table.extra is not None:
-        kept = [c for c in table.extra.columns if c not in particles.columns and c not in _OPTICS_OR_SUPERSEDED_COLUMNS]
-        particles = pd.concat([particles, table.extra[kept].reset_index(drop=True)], axis=1)
-
-    with atomic_output(path) as tmp:
-        starfile.write({"optics": optics, "particles": particles}, tmp)
-        _replace_timestamp_comment(tmp)
-    logger.info("wrote %d particles (%d optics group(s)) to %s", len(particles), len(optics), path)
 
 
 def _replace_timestamp_comment(path: Path) -> None:

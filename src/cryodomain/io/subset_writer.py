@@ -35,7 +35,8 @@ import yaml
 from cryodomain.errors import input_error
 from cryodomain.io.atomic import atomic_output
 from cryodomain.io.particles import ParticleTable
-from cryodomain.io.poses import matrix_to_cryosparc_pose, matrix_to_relion_euler
+from cryodomain.io.poses import matrix_to_cryosparc_pose
+from cryodomain.io.star import particle_columns
 
 logger = logging.getLogger(__name__)
 
@@ -211,23 +212,7 @@ def _star_from_relion30(table: ParticleTable, particles: pd.DataFrame) -> dict[s
 
 def _star_from_table(table: ParticleTable, image_names: list[str]) -> dict[str, pd.DataFrame]:
     """Every column built from the particle table (particles read from a ``.cs``)."""
-    angles_deg = matrix_to_relion_euler(table.rotations)
-    particles = pd.DataFrame(
-        {
-            "rlnImageName": image_names,
-            "rlnAngleRot": angles_deg[:, 0],
-            "rlnAngleTilt": angles_deg[:, 1],
-            "rlnAnglePsi": angles_deg[:, 2],
-            "rlnOriginXAngst": table.shifts_A[:, 0],
-            "rlnOriginYAngst": table.shifts_A[:, 1],
-            "rlnDefocusU": table.defocus_u_A,
-            "rlnDefocusV": table.defocus_v_A,
-            "rlnDefocusAngle": np.rad2deg(table.defocus_angle_rad),
-            "rlnPhaseShift": np.rad2deg(table.phase_shift_rad),
-            "rlnCtfBfactor": table.bfactor_A2,
-            "rlnOpticsGroup": np.asarray(table.optics_group, dtype=np.int64),
-        }
-    )
+    particles = particle_columns(table, image_names, np.asarray(table.optics_group, dtype=np.int64))
     return {"optics": _optics_table(table), "particles": particles}
 
 
