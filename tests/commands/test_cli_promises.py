@@ -280,3 +280,32 @@ def test_the_demo_recovers_the_moved_state(tmp_path, monkeypatch, capsys):
     summary = json.loads((out / "run" / "evaluation" / "summary.json").read_text())["by_conformation"]["1"]
     assert summary["rmsd_A"]["median"] < 0.6 * summary["baseline_rmsd_A"]["median"]
     assert (out / "analysis" / "z.npy").exists() and len(np.load(out / "analysis" / "z.npy")) == 400
+    # The demo's own report opens offline in Chromium with every section and no JavaScript error.
+    report = out / "analysis" / "report.html"
+    assert str(report) in printed
+    _open_in_chromium(report)
+
+
+def _open_in_chromium(report) -> None:
+    """Load ``report`` in headless Chromium (network cut): no JS error, only file:/data: requests,
+    every section drawn. Skipped without Chromium unless CRYODOMAIN_REQUIRE_BROWSER=1 (CI)."""
+    import os
+
+    from headless_chromium import Chromium, find_chromium
+
+    from cryodomain.workflows.report import SECTIONS
+
+    program = find_chromium()
+    if program is None:
+        if os.environ.get("CRYODOMAIN_REQUIRE_BROWSER") == "1":
+            pytest.fail("CRYODOMAIN_REQUIRE_BROWSER=1 but no chromium on the PATH")
+        pytest.skip("no chromium on the PATH (Debian: apt-get install chromium)")
+    with Chromium(program) as page:
+        page.open(report)
+        page.wait_until("document.readyState === 'complete'")
+        assert page.errors() == []
+        assert all(url.startswith(("file://", "data:")) for url in page.requests())
+        keys = [key for key, _ in SECTIONS]
+        assert page.evaluate("Array.from(document.querySelectorAll('main > section')).map(s => s.id)") == keys
+        for key in keys:
+            assert page.evaluate(f"document.getElementById('{key}').getBoundingClientRect().height") > 100, key
