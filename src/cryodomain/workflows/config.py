@@ -74,6 +74,20 @@ class Part(_Strict):
         return self
 
 
+class SegmentSearch(_Strict):
+    """A first phase that finds the segment boundaries from the images (workflows/segment_search.py).
+
+    It runs when enabled and no start centres are given: ``fraction`` of the epochs with ``factor``
+    x K fixed, evenly spaced segments per part; then the K contiguous segments that best follow the
+    motions decoded for ``images`` particles become the main phase's start values.
+    """
+
+    enabled: bool = False
+    fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    factor: int = Field(3, ge=2)
+    images: PositiveInt = 256
+
+
 class ModelConfig(_Strict):
     latent_dim: PositiveInt = 4
     encoder_hidden: list[PositiveInt] = [512, 256, 64, 64]
@@ -88,6 +102,10 @@ class ModelConfig(_Strict):
     rotate_about: Literal["origin", "segment"] = "segment"
     # Learn the segmentation's variational stds (else they stay at their start values, init.*_std).
     learn_segment_stds: bool = False
+    # Learn the segmentation at all (else centres, widths and proportions stay at their start
+    # values: the learned one loses segments, RESULTS.md "Accuracy: the segmentation").
+    learn_segmentation: bool = True
+    search: SegmentSearch = SegmentSearch()
     # What the amortised encoder sees: the image, or its residual against the base model's image
     # at the known pose and CTF; and whether the pose itself is an input.
     encoder_input: Literal["image", "residual"] = "residual"

@@ -199,8 +199,7 @@ def build_model(data: TrainingData, config: RunConfig) -> CryoSphere:
         latent_std_scale=config.model.latent_std_scale,
         gaussian_coords=data.structure.electron_centroids() if config.model.gaussian_at == "centroid" else None,
     )
-    if not config.model.learn_segment_stds:
-        for name, parameter in model.segmentation.named_parameters():
-            if name.endswith("_std_raw"):
-                parameter.requires_grad_(False)
+    for name, parameter in model.segmentation.named_parameters():
+        if not config.model.learn_segmentation or (name.endswith("_std_raw") and not config.model.learn_segment_stds):
+            parameter.requires_grad_(False)
     return model

@@ -216,6 +216,7 @@ def piecewise_rigid_limit(
     weights: np.ndarray,
     n_segments: int,
     chain_breaks: np.ndarray | None = None,
+    candidates: np.ndarray | None = None,
 ) -> RigidLimit:
     """Best K contiguous segments of the base, each moved rigidly onto every true conformation.
 
@@ -232,6 +233,9 @@ def piecewise_rigid_limit(
         weights: ``(C,)`` images per conformation.
         n_segments: K >= 1.
         chain_breaks: residue indices where a new chain starts; no segment spans one.
+        candidates: the only residue indices where a segment may start (0 and R are added;
+            ``candidate_step`` is then their largest gap); None: every residue, or a grid above
+            :data:`MAX_EXACT_RESIDUES`.
 
     Returns:
         :class:`RigidLimit`.
@@ -243,7 +247,12 @@ def piecewise_rigid_limit(
     base = np.asarray(base, dtype=np.float64)
     truth_coords = np.asarray(truth_coords, dtype=np.float64)
     n_residues = base.shape[0]
-    candidates, step = candidate_boundaries(n_residues, chain_breaks)
+    if candidates is None:
+        candidates, step = candidate_boundaries(n_residues, chain_breaks)
+    else:
+        extra = [] if chain_breaks is None else [np.asarray(chain_breaks, dtype=np.int64)]
+        candidates = np.unique(np.concatenate([[0, n_residues], np.asarray(candidates, dtype=np.int64), *extra]))
+        step = int(np.diff(candidates).max())
     if not 1 <= n_segments <= len(candidates) - 1:
         raise ValueError(f"n_segments must be in [1, {len(candidates) - 1}] for {n_residues} residues, got {n_segments}")
     costs = range_costs(base, truth_coords, weights, candidates)

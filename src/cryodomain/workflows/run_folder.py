@@ -31,7 +31,10 @@ from cryodomain.workflows.objective import LOGGED_VALUES, WEIGHTED_TERMS
 log = logging.getLogger(__name__)
 
 # Files that mark a folder as holding a run (another run is not started there without --force).
-RUN_FILES = ("last.pt", "config.yaml", "metrics.csv", "checkpoints")
+RUN_FILES = ("last.pt", "config.yaml", "metrics.csv", "checkpoints", "search")
+# The first phase of a run that searches its segments (workflows/segment_search.py): a run folder
+# of its own inside the run's.
+SEARCH_FOLDER = "search"
 # Entries every checkpoint holds (see cryodomain.workflows.train.checkpoint_state).
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "config", "scale", "particles", "structure")
 # The run's log: "time  message" lines.
@@ -120,6 +123,12 @@ class RunFolder:
         for stale in sorted(self.checkpoints.glob("epoch_*.pt")):
             stale.unlink()
         shutil.rmtree(self.path / "tensorboard", ignore_errors=True)
+        shutil.rmtree(self.path / SEARCH_FOLDER, ignore_errors=True)
+
+    @property
+    def search(self) -> RunFolder:
+        """The folder of the segment search's first phase."""
+        return RunFolder(self.path / SEARCH_FOLDER)
 
     def prepare(self, config: RunConfig, start_epoch: int) -> None:
         """Create the folder, drop a killed process's temporaries, write ``config.yaml`` and keep the

@@ -31,6 +31,7 @@ from cryodomain.workflows.inputs import TrainingData, build_model, load_training
 from cryodomain.workflows.objective import LOGGED_VALUES, TERM_NAMES, StepContext, betas_at, build_context, compute_losses, context_at, weighted_total
 from cryodomain.workflows.optimization import build_optimizer, learning_rate_factor, set_l2_weight, set_learning_rates
 from cryodomain.workflows.run_folder import RunFolder, check_resumable, collect_log, keeps_epoch, load_checkpoint
+from cryodomain.workflows.segment_search import describe, found_config, needs_search, search_config
 from cryodomain.workflows.signals import StopSignals, interrupted
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,23 @@ def train(
         folder.clear()
     with folder.log_file(append=resume, earlier=preflight, enabled=processes.is_main):
         barrier(processes)
+        # A run resumed from a main-phase checkpoint written without a search has none.
+        if needs_search(config) and not (resume and folder.last.exists() and not folder.search.path.exists()):
+            log.info(describe(config))
+            search = folder.search
+            first = _train(
+                search, particles, structure_path, search_config(config, data), data, resume and search.last.exists(), downsample_box, progress, None, processes
+            )
+            config = found_config(config, first, data, run_device(config, processes))
         return _train(folder, particles, structure_path, config, data, resume, downsample_box, progress, stop_after_epoch, processes)
+
+
+def run_device(config: RunConfig, processes: Processes) -> torch.device:
+    """Where this process trains: ``optim.device``, and its own GPU under torchrun."""
+    device = resolve_device(config.optim.device)
+    if device.type == "cuda" and processes.distributed:
+        device = torch.device("cuda", processes.local_rank)
+    return device
 
 
 def _train(
@@ -333,9 +350,7 @@ def _train(
 ) -> Path:
     keep_freed_memory()
     torch.manual_seed(config.optim.seed)
-    device = resolve_device(config.optim.device)
-    if device.type == "cuda" and processes.distributed:
-        device = torch.device("cuda", processes.local_rank)
+    device = run_device(config, processes)
     if processes.is_main:
         # Where the run trains, for train.log's reader and the report.
         name = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"

@@ -77,10 +77,16 @@ class TrainedRun:
         state = load_checkpoint(path, device)
         config = RunConfig.model_validate(state["config"])
         data = load_training_data(state["particles"], state["structure"], config, state.get("downsample_box"))
+        return cls.from_state(run_dir, path, state, data, device)
+
+    @classmethod
+    def from_state(cls, run_dir: Path, checkpoint: Path, state: dict, data: TrainingData, device: str | torch.device = "cpu") -> TrainedRun:
+        """The run of a checkpoint already read, on inputs already read (the same the run trained on)."""
+        config = RunConfig.model_validate(state["config"])
         model = build_model(data, config).to(device)
         model.load_state_dict(state["model"])
         model.eval()
-        return cls(run_dir, path, model, config, data, float(state["scale"]), int(state["epoch"]))
+        return cls(Path(run_dir), Path(checkpoint), model, config, data, float(state["scale"]), int(state["epoch"]))
 
     @property
     def device(self) -> torch.device:
@@ -98,13 +104,18 @@ class TrainedRun:
         every process gets the whole array back, in particle order.
         """
         mine = share(len(self.data.table), processes)
-        out = np.empty((mine.stop - mine.start, self.config.model.latent_dim), dtype=np.float32)
-        starts = range(mine.start, mine.stop, batch_size)
+        out = self.latent_means_of(np.arange(mine.start, mine.stop), batch_size, progress and processes.is_main)
+        return gather_in_order(out, processes)
+
+    def latent_means_of(self, indices: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """Latent means of the particles ``indices`` ``(M,)``, in that order: ``(M, D)`` float32."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), self.config.model.latent_dim), dtype=np.float32)
         with torch.no_grad():
-            for start in progress_bar(starts, "latents", enabled=progress and processes.is_main):
-                batch = self.data.dataset[list(range(start, min(start + batch_size, mine.stop)))]
+            for start in progress_bar(range(0, len(indices), batch_size), "latents", enabled=progress):
+                batch = self.data.dataset[indices[start : start + batch_size].tolist()]
                 encoder_input, _, _ = encoder_inputs(self.model, batch, self.data.table, self.context)
                 poses = batch["rotations"].to(self.device)
                 mean, _ = self.model.encode(encoder_input, batch["index"].to(self.device), poses)
-                out[start - mine.start : start - mine.start + len(mean)] = mean.cpu().numpy()
-        return gather_in_order(out, processes)
+                out[start : start + len(mean)] = mean.cpu().numpy()
+        return out
