@@ -49,7 +49,8 @@ def rotate_points(rotations: Tensor, points: Tensor) -> Tensor:
 
 
 class _WeightedProfile(torch.autograd.Function):
-    """``P[..., i, p] = a_i exp(-(c_i - g_p)^2 / (2 s^2))`` with a hand-written backward.
+    """``P[..., i, p] = a_i exp(-(c_i - g_p)^2 / (2 s_i^2))`` with a hand-written backward (``s`` one
+    width for all, or ``(R,)`` one per pseudo-atom).
 
     These ``(..., R, N)`` tensors are the largest of a training step after the images, so the
     passes over them count. Forward: ``d = (c - g) / (sqrt(2) s)``, then ``log a - d^2`` (one
@@ -60,9 +61,10 @@ class _WeightedProfile(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, coordinates: Tensor, grid: Tensor, log_weights: Tensor, sigma_A: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, coordinates: Tensor, grid: Tensor, log_weights: Tensor, sigma_A: float | Tensor) -> Tensor:  # type: ignore[override]
+        # A width per pseudo-atom (R,) scales each row; a float scales all alike.
         scale = 1.0 / (math.sqrt(2.0) * sigma_A)
-        profile = (coordinates * scale).unsqueeze(-1) - grid * scale
+        profile = (coordinates * scale).unsqueeze(-1) - grid * (scale.unsqueeze(-1) if torch.is_tensor(scale) else scale)
         torch.addcmul(log_weights.unsqueeze(-1), profile, profile, value=-1.0, out=profile)
         # Flooring the exponent at -80 (exp = 2e-35, far below float32 resolution of any sum)
         # keeps exp on its vectorised path: arguments that underflow take a slow path, 7x slower.
@@ -83,13 +85,13 @@ class _WeightedProfile(torch.autograd.Function):
         return grad_coordinates, None, None, None
 
 
-def gaussian_profiles(coordinates: Tensor, grid: Tensor, sigma_A: float, weights: Tensor | None = None) -> Tensor:
+def gaussian_profiles(coordinates: Tensor, grid: Tensor, sigma_A: float | Tensor, weights: Tensor | None = None) -> Tensor:
     """One-axis Gaussian profiles of pseudo-atoms on the pixel grid, optionally weighted.
 
     Args:
         coordinates: ``(..., R)`` positions along one axis, Å.
         grid: ``(N,)`` pixel coordinates, Å.
-        sigma_A: Gaussian width, Å.
+        sigma_A: Gaussian width, Å: one for all, or ``(R,)`` one per pseudo-atom.
         weights: ``(..., R)`` factors per atom (amplitudes); None for 1.
 
     Returns:
@@ -98,13 +100,18 @@ def gaussian_profiles(coordinates: Tensor, grid: Tensor, sigma_A: float, weights
     grid = grid.to(coordinates.dtype)
     if weights is None or weights.requires_grad or not bool((weights > 0).all()):
         # Positive constant weights go into the exponent as logs; others multiply the profile.
-        unit = _WeightedProfile.apply(coordinates, grid, coordinates.new_zeros(()).expand(coordinates.shape), float(sigma_A))
+        unit = _WeightedProfile.apply(coordinates, grid, coordinates.new_zeros(()).expand(coordinates.shape), _width(sigma_A, coordinates))
         return unit if weights is None else weights.unsqueeze(-1) * unit
     log_weights = torch.log(weights.to(coordinates.dtype)).expand(coordinates.shape)
-    return _WeightedProfile.apply(coordinates, grid, log_weights, float(sigma_A))
+    return _WeightedProfile.apply(coordinates, grid, log_weights, _width(sigma_A, coordinates))
 
 
-def project_gaussians(points: Tensor, amplitudes: Tensor, sigma_A: float, grid: Tensor) -> Tensor:
+def _width(sigma_A: float | Tensor, like: Tensor) -> float | Tensor:
+    """The width as the profile kernel takes it: a float, or a tensor of ``like``'s dtype."""
+    return sigma_A.to(like.dtype) if torch.is_tensor(sigma_A) else float(sigma_A)
+
+
+def project_gaussians(points: Tensor, amplitudes: Tensor, sigma_A: float | Tensor, grid: Tensor) -> Tensor:
     """Project Gaussian pseudo-atoms along z onto the pixel grid.
 
     ``I[q, p] = sum_i A_i exp(-(x_i - g_p)^2 / 2 s^2) exp(-(y_i - g_q)^2 / 2 s^2)``, computed
@@ -113,7 +120,7 @@ def project_gaussians(points: Tensor, amplitudes: Tensor, sigma_A: float, grid: 
     Args:
         points: ``(B, R, 3)`` positions in the view frame, Å.
         amplitudes: ``(R,)`` or ``(B, R)`` amplitudes (electrons).
-        sigma_A: Gaussian width in Å.
+        sigma_A: Gaussian width in Å, or ``(R,)`` one per pseudo-atom.
         grid: ``(N,)`` pixel coordinates in Å from :func:`pixel_coordinates`.
 
     Returns:
@@ -127,7 +134,7 @@ def project_gaussians(points: Tensor, amplitudes: Tensor, sigma_A: float, grid: 
 def render_volume(
     points: Tensor,
     amplitudes: Tensor,
-    sigma_A: float,
+    sigma_A: float | Tensor,
     box: int,
     pixel_size_A: float,
     *,
@@ -147,7 +154,7 @@ def render_volume(
     Args:
         points: ``(R, 3)`` positions in Å (model frame, origin at the box centre).
         amplitudes: ``(R,)`` amplitudes (electrons).
-        sigma_A: Gaussian width in Å.
+        sigma_A: Gaussian width in Å, or ``(R,)`` one per pseudo-atom.
         box: volume side N in voxels.
         pixel_size_A: voxel size in Å.
         chunk: residues per chunk.
@@ -162,8 +169,9 @@ def render_volume(
     # Sorting by z keeps each chunk's atoms in a thin slab of slices.
     order = torch.argsort(points[:, 2].detach())
     points, amplitudes = points[order], amplitudes[order]
-    scale = 1.0 / (math.sqrt(2.0 * math.pi) * sigma_A)
-    margin = _Z_CUTOFF_SIGMAS * sigma_A
+    sigmas = torch.as_tensor(sigma_A, dtype=points.dtype, device=points.device).expand(points.shape[0])[order]
+    scales = 1.0 / (math.sqrt(2.0 * math.pi) * sigmas)
+    margin = _Z_CUTOFF_SIGMAS * float(sigmas.max())
     for start in range(0, points.shape[0], chunk):
         block = points[start : start + chunk]
         # Voxel ranges (z, y, x) within the cut-off of this chunk's atoms; elsewhere the sum is 0.
@@ -179,10 +187,11 @@ def render_volume(
         (x0, x1), (y0, y1), (z0, z1) = ranges
         if x0 >= x1 or y0 >= y1 or z0 >= z1:
             continue
-        profile_x = gaussian_profiles(block[:, 0], grid[x0:x1], sigma_A)  # (C, X)
-        profile_y = gaussian_profiles(block[:, 1], grid[y0:y1], sigma_A)  # (C, Y)
-        profile_z = gaussian_profiles(block[:, 2], grid[z0:z1], sigma_A)  # (C, Z)
-        weighted_z = (amplitudes[start : start + chunk, None] * scale) * profile_z
+        widths = sigmas[start : start + chunk]
+        profile_x = gaussian_profiles(block[:, 0], grid[x0:x1], widths)  # (C, X)
+        profile_y = gaussian_profiles(block[:, 1], grid[y0:y1], widths)  # (C, Y)
+        profile_z = gaussian_profiles(block[:, 2], grid[z0:z1], widths)  # (C, Z)
+        weighted_z = (amplitudes[start : start + chunk] * scales[start : start + chunk])[:, None] * profile_z
         # Per slice: (Y x C) @ (C x X), with the slice's z weights folded into the y factor.
         slab_y = weighted_z.transpose(0, 1)[:, None, :] * profile_y.transpose(0, 1)[None]  # (Z, Y, C)
         volume[z0:z1, y0:y1, x0:x1] += torch.matmul(slab_y, profile_x)
