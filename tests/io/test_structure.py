@@ -364,3 +364,17 @@ def test_electron_centroids_weight_each_atom_by_its_electrons():
     # A side chain pulls the density off the CA: by about 1-3 Å for most residues.
     offsets = np.linalg.norm(centroids - model.coords, axis=1)
     assert centroids.shape == (model.n_residues, 3) and 0.5 < np.median(offsets) < 4.0
+
+
+def test_residue_spreads_are_the_electron_weighted_variance_per_axis():
+    model = read_atomic_model(STATE_A)
+    centroids = model.electron_centroids()
+    spreads = model.residue_spreads(centroids)
+    first = model.atom_residue_index == 0
+    offsets = model.atom_coords[first] - centroids[0]
+    weights = model.atom_electrons[first]
+    np.testing.assert_allclose(spreads[0], (weights * (offsets**2).sum(1)).sum() / weights.sum() / 3)
+    # About the CA the spread is larger than about the centroid (the centroid minimises it).
+    assert np.all(model.residue_spreads(model.coords) >= spreads - 1e-9)
+    # Residues reach ~2 Å from their centroid: a per-axis std of about 1-1.5 Å.
+    assert spreads.shape == (model.n_residues,) and 0.7 < np.sqrt(np.median(spreads)) < 1.8

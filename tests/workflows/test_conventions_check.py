@@ -30,12 +30,11 @@ from cryodomain.workflows.conventions_check import (
     WIN_FRACTION,
     Alternative,
     ConventionReport,
-    base_gaussians,
     check_conventions,
     convention_report,
 )
 from cryodomain.workflows.data import ParticleBatches
-from cryodomain.workflows.inputs import build_model, load_training_data
+from cryodomain.workflows.inputs import build_model, load_training_data, residue_gaussians
 from cryodomain.workflows.simulate import SimulationSettings, simulate
 from cryodomain.workflows.train import train
 
@@ -168,10 +167,13 @@ def test_the_best_of_several_clearly_better_alternatives_is_named_first():
 
 
 @pytest.mark.parametrize("gaussian_at", ["ca", "centroid"])
-def test_the_base_model_is_rendered_where_training_puts_its_gaussians(tiny_simulation, gaussian_at):
-    data, config = load(tiny_simulation["star"], **{"model.gaussian_at": gaussian_at})
-    expected = build_model(data, config).base_gaussians
-    torch.testing.assert_close(torch.as_tensor(base_gaussians(data, config), dtype=torch.float32), expected)
+@pytest.mark.parametrize("gaussian_width", ["sigma", "atoms"])
+def test_the_base_model_is_rendered_where_training_puts_its_gaussians(tiny_simulation, gaussian_at, gaussian_width):
+    data, config = load(tiny_simulation["star"], **{"model.gaussian_at": gaussian_at, "model.gaussian_width": gaussian_width})
+    model = build_model(data, config)
+    gaussians = residue_gaussians(data.structure, config)
+    torch.testing.assert_close(torch.as_tensor(gaussians.positions, dtype=torch.float32), model.base_gaussians)
+    torch.testing.assert_close(torch.as_tensor(gaussians.amplitudes, dtype=torch.float32), model.amplitudes)
 
 
 def test_training_refuses_before_writing_anything(simulation, tmp_path, tiny_config_overrides):
@@ -242,3 +244,14 @@ def test_a_forced_class_that_fits_passes_and_is_not_tried_again(simulation, tmp_
     data, config = load(hetero_refinement(simulation, 1, tmp_path / "cs"), **{"data.particle_class": 1})
     report = check_conventions(data, config)
     assert [alternative.name for alternative, _ in report.tried][3:] == ["poses of class 0"]
+
+
+def test_widths_from_the_atoms_keep_each_residue_s_projected_electrons(tiny_simulation):
+    data, config = load(tiny_simulation["star"], **{"model.gaussian_width": "atoms"})
+    gaussians = residue_gaussians(data.structure, config)
+    sigma = config.model.sigma_A
+    expected = np.sqrt(sigma**2 + data.structure.residue_spreads(gaussians.positions))
+    np.testing.assert_allclose(gaussians.widths, expected)
+    assert np.all(gaussians.widths > sigma)
+    # The integral of a projected Gaussian is 2 pi width^2 amplitude: that of its atoms at sigma.
+    np.testing.assert_allclose(gaussians.widths**2 * gaussians.amplitudes, sigma**2 * data.structure.amplitudes)

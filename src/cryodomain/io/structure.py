@@ -96,6 +96,15 @@ class AtomicModel:
         np.add.at(sums, self.atom_residue_index, self.atom_coords * self.atom_electrons[:, None])
         return sums / np.maximum(weights, 1e-12)[:, None]
 
+    def residue_spreads(self, centres: np.ndarray) -> np.ndarray:
+        """``(R,)`` float64 Å²: each residue's electron-weighted variance of its atoms about
+        ``centres`` ``(R, 3)`` Å, per axis (a third of the mean squared distance)."""
+        offsets = self.atom_coords - np.asarray(centres, dtype=np.float64)[self.atom_residue_index]
+        weights, moments = np.zeros(self.n_residues), np.zeros(self.n_residues)
+        np.add.at(weights, self.atom_residue_index, self.atom_electrons)
+        np.add.at(moments, self.atom_residue_index, self.atom_electrons * (offsets * offsets).sum(-1))
+        return moments / np.maximum(weights, 1e-12) / 3.0
+
     def with_coords(self, coords: np.ndarray, atom_coords: np.ndarray) -> AtomicModel:
         """Copy of this model with new coordinates.
 

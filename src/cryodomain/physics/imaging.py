@@ -72,7 +72,7 @@ def form_images(
     points: Tensor,
     amplitudes: Tensor,
     rotations: Tensor,
-    sigma_A: float,
+    sigma_A: float | Tensor,
     frame: ImageFrame,
     ctf: Tensor,
     shifts_A: Tensor | None = None,
@@ -83,7 +83,7 @@ def form_images(
         points: ``(P, 3)`` shared by all images, or ``(B, P, 3)``, model frame, Å.
         amplitudes: ``(P,)`` weight of each Gaussian (electrons).
         rotations: ``(B, 3, 3)`` pose matrices ``A`` (model -> view), ``y = A x``.
-        sigma_A: Gaussian width, Å.
+        sigma_A: Gaussian width, Å: one for all, or ``(P,)`` one per Gaussian.
         frame: the detector grid; its low-pass and mask, when set, apply to the image.
         ctf: ``(B, N, N // 2 + 1)`` CTF on the frame's half grid.
         shifts_A: ``(B, 2)`` translate each image by this (x, y), Å; None for no shift.

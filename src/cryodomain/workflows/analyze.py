@@ -156,7 +156,7 @@ def segment_table(structure: AtomicModel, segment: np.ndarray, probability: np.n
 
 
 def write_structure_volumes(
-    paths: list[Path], model: CryoSphere, residue_coords: np.ndarray, sigma_A: float, box: int, pixel_size_A: float, *, progress: bool = True
+    paths: list[Path], model: CryoSphere, residue_coords: np.ndarray, sigma_A: float | torch.Tensor, box: int, pixel_size_A: float, *, progress: bool = True
 ) -> None:
     """Render each structure with the residue Gaussians of training and write it to its path.
 
@@ -230,7 +230,7 @@ class _Analysis:
         _remove_stale(path.parent, "structures_quality.csv", outputs.quality_tables)
 
     def write_volumes(self, paths: list[Path], z: np.ndarray) -> None:
-        sigma = self.run.config.model.sigma_A
+        sigma = self.run.context.sigma_A
         # The maps put each residue's Gaussian where training did.
         gaussians = np.concatenate([coords for _, coords in decode_batches(self.run.model, z, gaussians=True, progress=False)])
         write_structure_volumes(paths, self.run.model, gaussians, sigma, self.volume_box, self.volume_apix, progress=self.settings.progress)

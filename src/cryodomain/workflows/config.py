@@ -114,6 +114,10 @@ class ModelConfig(_Strict):
     # Where each residue's Gaussian sits: on its CA / C1' atom (the published model), or at the
     # electron-weighted centroid of its atoms (where its density is); outputs stay CA / C1'.
     gaussian_at: Literal["ca", "centroid"] = "centroid"
+    # Each residue's Gaussian width: sigma_A for all (the published model), or from its atoms,
+    # sqrt(sigma_A^2 + their variance about the Gaussian's centre), with the amplitude scaled so
+    # that it still projects its electrons (images of atoms of width sigma_A are matched better).
+    gaussian_width: Literal["sigma", "atoms"] = "sigma"
 
     @model_validator(mode="after")
     def _check_init(self) -> "ModelConfig":

@@ -31,7 +31,7 @@ from cryodomain.physics.ctf import compute_ctf
 from cryodomain.physics.imaging import ImageFrame, form_images
 from cryodomain.workflows.config import RunConfig
 from cryodomain.workflows.data import Preprocessor, ctf_parameters
-from cryodomain.workflows.inputs import TrainingData
+from cryodomain.workflows.inputs import TrainingData, residue_gaussians
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +175,6 @@ class ConventionReport:
         return lines
 
 
-def base_gaussians(data: TrainingData, config: RunConfig) -> np.ndarray:
-    """``(R, 3)`` Å: where the base model's Gaussians sit, as in :func:`~cryodomain.workflows.inputs.build_model`."""
-    return data.structure.electron_centroids() if config.model.gaussian_at == "centroid" else data.structure.coords
-
-
 def check_frame(data: TrainingData, config: RunConfig) -> ImageFrame:
     """The frame of the first epochs: the run's starting low-pass (or the check's own) and mask."""
     lowpass = config.data.lowpass_A if config.data.lowpass_A is not None else DEFAULT_CHECK_LOWPASS_A
@@ -218,7 +213,7 @@ class SampleCorrelations:
         preprocess: the training preprocessing (its frame's low-pass and mask apply to both sides).
     """
 
-    def __init__(self, images: Tensor, ctf: Tensor, points: Tensor, amplitudes: Tensor, sigma_A: float, preprocess: Preprocessor):
+    def __init__(self, images: Tensor, ctf: Tensor, points: Tensor, amplitudes: Tensor, sigma_A: float | Tensor, preprocess: Preprocessor):
         self.images, self.ctf, self.points, self.amplitudes = images, ctf, points, amplitudes
         self.sigma_A, self.preprocess = sigma_A, preprocess
         self._rendered: list[tuple[Tensor, Tensor]] = []
@@ -260,12 +255,13 @@ def convention_report(data: TrainingData, config: RunConfig) -> ConventionReport
     batch = data.dataset[rows.tolist()]
     frame = check_frame(data, config)
     preprocess = Preprocessor(frame, scale=1.0, sign=-1.0 if config.data.invert_contrast else 1.0)
+    gaussians = residue_gaussians(data.structure, config)
     correlate = SampleCorrelations(
         batch["images"],
         compute_ctf(frame.freqs, ctf_parameters(data.table, rows)),
-        torch.as_tensor(base_gaussians(data, config), dtype=torch.float32),
-        torch.as_tensor(data.structure.amplitudes, dtype=torch.float32),
-        config.model.sigma_A,
+        torch.as_tensor(gaussians.positions, dtype=torch.float32),
+        torch.as_tensor(gaussians.amplitudes, dtype=torch.float32),
+        gaussians.widths if isinstance(gaussians.widths, float) else torch.as_tensor(gaussians.widths, dtype=torch.float32),
         preprocess,
     )
     as_read = SampleInputs(batch["rotations"], batch["shifts_A"], preprocess.sign, rows)

@@ -182,10 +182,37 @@ def _check_header_pixel_sizes(particles: str | Path, table: ParticleTable, datas
         )
 
 
+@dataclass(frozen=True)
+class ResidueGaussians:
+    """The base model as the forward model renders it: one Gaussian per residue, R residues.
+
+    Attributes:
+        positions: ``(R, 3)`` Å, the CA / C1' or the electron centroid (``model.gaussian_at``).
+        amplitudes: ``(R,)`` electrons, times ``sigma_A^2 / width^2`` with widths from the atoms
+            (the projected Gaussian's integral, ``2 pi width^2 amplitude``, stays that of the atoms).
+        widths: Å, ``model.sigma_A`` for all, or ``(R,)`` (``model.gaussian_width: atoms``).
+    """
+
+    positions: np.ndarray
+    amplitudes: np.ndarray
+    widths: float | np.ndarray
+
+
+def residue_gaussians(structure: AtomicModel, config: RunConfig) -> ResidueGaussians:
+    """Where, how heavy and how wide each residue's Gaussian is (the one place that decides)."""
+    positions = structure.electron_centroids() if config.model.gaussian_at == "centroid" else structure.coords
+    sigma = float(config.model.sigma_A)
+    if config.model.gaussian_width == "sigma":
+        return ResidueGaussians(positions, structure.amplitudes, sigma)
+    widths = np.sqrt(sigma**2 + structure.residue_spreads(positions))
+    return ResidueGaussians(positions, structure.amplitudes * (sigma**2 / widths**2), widths)
+
+
 def build_model(data: TrainingData, config: RunConfig) -> CryoSphere:
+    gaussians = residue_gaussians(data.structure, config)
     model = CryoSphere(
         data.structure.coords,
-        data.structure.amplitudes,
+        gaussians.amplitudes,
         resolve_parts(config, data.structure),
         data.box,
         len(data.table),
@@ -197,7 +224,7 @@ def build_model(data: TrainingData, config: RunConfig) -> CryoSphere:
         rotate_about=config.model.rotate_about,
         encoder_pose=config.model.encoder_pose,
         latent_std_scale=config.model.latent_std_scale,
-        gaussian_coords=data.structure.electron_centroids() if config.model.gaussian_at == "centroid" else None,
+        gaussian_coords=gaussians.positions if config.model.gaussian_at == "centroid" else None,
     )
     for name, parameter in model.segmentation.named_parameters():
         if not config.model.learn_segmentation or (name.endswith("_std_raw") and not config.model.learn_segment_stds):

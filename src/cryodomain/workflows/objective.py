@@ -30,7 +30,7 @@ from cryodomain.physics.fourier import lowpass_filter
 from cryodomain.physics.imaging import ImageFrame, form_images
 from cryodomain.workflows.config import RunConfig
 from cryodomain.workflows.data import Preprocessor, ctf_parameters
-from cryodomain.workflows.inputs import TrainingData
+from cryodomain.workflows.inputs import TrainingData, residue_gaussians
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class StepContext:
     """Constants of the forward model and the loss, built once per run on the training device."""
 
     preprocess: Preprocessor
-    sigma_A: float
+    sigma_A: float | torch.Tensor  # one width for all, or (R,) (inputs.residue_gaussians)
     continuity_pairs: torch.Tensor  # (P, 2)
     clash_pairs: torch.Tensor | None  # (Q, 2)
     clash_cutoff_A: float
@@ -148,6 +148,7 @@ def build_context(model: CryoSphere, data: TrainingData, config: RunConfig, scal
     )
     preprocess = Preprocessor(frame, scale, -1.0 if config.data.invert_contrast else 1.0, config.data.centre_encoder_input)
     continuity = torch.as_tensor(data.structure.consecutive_pairs(), device=device, dtype=torch.long)
+    widths = residue_gaussians(data.structure, config).widths
     mode = config.loss.clash_mode
     if mode == "full" and data.structure.n_residues > FULL_CLASH_MAX_RESIDUES:
         log.info("clash loss: %d residues is above %d, using neighbour pairs (light) instead of all pairs", data.structure.n_residues, FULL_CLASH_MAX_RESIDUES)
@@ -159,7 +160,7 @@ def build_context(model: CryoSphere, data: TrainingData, config: RunConfig, scal
         clash_pairs = clash_pairs_light(model.base_coords).to(device)
     return StepContext(
         preprocess=preprocess,
-        sigma_A=config.model.sigma_A,
+        sigma_A=widths if isinstance(widths, float) else torch.as_tensor(widths, dtype=torch.float32, device=device),
         continuity_pairs=continuity,
         clash_pairs=clash_pairs,
         clash_cutoff_A=config.loss.clash_cutoff_A,
