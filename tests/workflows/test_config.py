@@ -11,6 +11,7 @@ PUBLISHED = {
     # "Representation": one pseudo-atom per residue, on CA (C1' for nucleotides); common width sigma [2 Å].
     "model.gaussian_at": "ca",
     "model.sigma_A": 2.0,
+    "model.gaussian_width": "sigma",
     # "Encoder and latent": amortised q(z | Y_n), an MLP [hidden 512, 256, 64, 64] on the flattened
     # (unshifted, masked) image alone, s = ELU(.) + 1 (no scale on it), latent dimension [8].
     "model.amortized": True,
@@ -26,6 +27,9 @@ PUBLISHED = {
     # stds 10 (centres), 10 (widths), 1 (proportion logits).
     "model.tau": 0.05,
     "model.learn_segment_stds": True,
+    "model.learn_segmentation": True,
+    # One segmentation learned from the start (no first phase that searches for the boundaries).
+    "model.search.enabled": False,
     "model.init.centre_std": 10.0,
     "model.init.width_std": 10.0,
     "model.init.proportion_std": 1.0,
