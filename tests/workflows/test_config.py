@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -170,3 +172,17 @@ def test_bad_configs_are_one_line_input_errors(tmp_path, text, names):
         load_config(path)
     message = str(error.value)
     assert "bad.yaml" in message and names in message and "\n" not in message
+
+
+def test_the_readme_states_the_defaults():
+    # README, Configuration: the YAML block under "The defaults:" is what RunConfig() holds, key by
+    # key (its parts entry is an example of the syntax: by default there are no parts).
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("The defaults:\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    stated = dotted(yaml.safe_load(block))
+    defaults = dotted(RunConfig().model_dump(mode="json"))
+    assert stated.pop("model.parts") and defaults["model.parts"] is None
+    assert len(stated) > 50
+    for name, value in stated.items():
+        assert name in defaults, f"README names {name}, which is not a setting"
+        assert defaults[name] == value, f"README says {name}: {value}, the default is {defaults[name]}"
