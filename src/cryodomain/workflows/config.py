@@ -98,7 +98,8 @@ class ModelConfig(_Strict):
     tau: PositiveFloat = 0.05
     # Width of each residue's Gaussian, Å. 2.35: a residue's density in images of atoms 2 Å wide
     # (its atoms' own spread widens it to a median 2.33-2.42 Å on the benchmark proteins and the
-    # ribosome); measured better than the published 2.0 (RESULTS.md, "Accuracy: the width").
+    # ribosome). Against the published 2.0: better on the hinge series, equal on the normal modes
+    # at SNR 0.1, worse on them without noise (RESULTS.md, "Accuracy: the width").
     # With gaussian_width "atoms" it is the width of each atom instead (2.0 there).
     sigma_A: PositiveFloat = 2.35
     # Start values of the whole model's segmentation (when no parts are given).
