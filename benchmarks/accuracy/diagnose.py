@@ -12,7 +12,9 @@ conformations:
 - ``limit``: the piecewise-rigid limit of those images, from the run's ``eval/rmsd.csv`` when
   ``evaluate`` wrote one;
 - the continuity and clash losses of the true structures themselves (weights apart), against
-  state 0: what the regularisers would charge the truth.
+  state 0: what the regularisers would charge the truth;
+- and, over all images, how far the decoded structures' chain-neighbour CA-CA distances stray
+  from state 0's (the truth's own, for comparison): whether the decoded structures keep their bonds.
 
     .venv/bin/python benchmarks/accuracy/diagnose.py /tmp/exp/runs/anm_0.1_sig235_s0 /tmp/exp/sim_anm_0.1_2000/truth.npz
 """
@@ -31,6 +33,12 @@ from cryodomain.workflows.structures import write_coordinates
 from cryodomain.workflows.trained_run import TrainedRun
 
 BIN = 10
+
+
+def bond_stretch(structures: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """``(M,)`` Å: the largest change of a chain-neighbour distance (by index) of ``structures`` ``(M, R, 3)`` against ``base`` ``(R, 3)``."""
+    length = np.linalg.norm(structures[:, 1:] - structures[:, :-1], axis=-1)
+    return np.abs(length - np.linalg.norm(base[1:] - base[:-1], axis=-1)).max(axis=-1)
 
 
 def main() -> None:
@@ -57,6 +65,11 @@ def main() -> None:
     chain = torch.stack([torch.arange(len(coords[0]) - 1), torch.arange(1, len(coords[0]))], dim=1)
     clash_pairs = clash_pairs_light(truth_t[0])
     print(f"all: actual {np.median(actual):.3f} Å, oracle {np.median(oracle[conformation]):.3f} Å")
+    decoded_stretch, truth_stretch = bond_stretch(decoded, coords[0]), bond_stretch(coords, coords[0])
+    print(
+        f"CA-CA change from state 0, largest per structure (Å): decoded median {np.median(decoded_stretch):.2f}, "
+        f"p90 {np.percentile(decoded_stretch, 90):.2f}, max {decoded_stretch.max():.2f}; truth max {truth_stretch.max():.2f}"
+    )
     print("conformations  limit  actual  oracle  reach  orthogonal  truth continuity (Å²)  truth clash")
     for first in range(0, len(coords), BIN):
         states = np.arange(first, min(first + BIN, len(coords)))
