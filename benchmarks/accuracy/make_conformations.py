@@ -49,6 +49,7 @@ from cryodomain.examples import (
 )
 from cryodomain.io.structure import AtomicModel, read_all_models, read_atomic_model
 from cryodomain.io.structure_writer import write_structure
+from cryodomain.workflows.references import kabsch
 
 logger = logging.getLogger("make_conformations")
 
@@ -211,8 +212,6 @@ def march_anm_path(base: np.ndarray, pairs: np.ndarray, scale: float, n_states: 
     step's midpoint ``t``, with the modes of the current structure; after each step the bonds are
     restored and the structure is superposed back onto ``base`` (normal modes carry no rigid motion).
     """
-    from cryodomain.workflows.references import kabsch
-
     n_fine = (n_states - 1) * substeps
     if n_fine % 2:
         raise ValueError("(n_states - 1) * substeps must be even so that t = 0 lies on the path")
@@ -261,8 +260,6 @@ def move_atoms_with_backbone(model: AtomicModel, residue_coords: np.ndarray) -> 
     The window is CA ``i - FRAME_HALF_WIDTH .. i + FRAME_HALF_WIDTH`` (clipped at the ends), so side
     chains turn with the local backbone instead of only translating.
     """
-    from cryodomain.workflows.references import kabsch
-
     n_residues = model.coords.shape[0]
     offsets = np.arange(-FRAME_HALF_WIDTH, FRAME_HALF_WIDTH + 1)
     window = np.clip(np.arange(n_residues)[:, None] + offsets, 0, n_residues - 1)
