@@ -139,7 +139,7 @@ class LossConfig(_Strict):
     widths_kl: BetaSchedule = BetaSchedule(kind="linear", value=1.0)
     proportions_kl: BetaSchedule = BetaSchedule(kind="cyclical", value=1.0, n_cycles=5, ramp_fraction=0.5)
     continuity: BetaSchedule = BetaSchedule(kind="constant", value=0.1)
-    clash: BetaSchedule = BetaSchedule(kind="constant", value=0.1)
+    clash: BetaSchedule = BetaSchedule(kind="constant", value=0.01)
     l2: BetaSchedule = BetaSchedule(kind="constant", value=1e-6)
     clash_mode: Literal["light", "full", "off"] = "light"
     clash_cutoff_A: PositiveFloat = 4.0
