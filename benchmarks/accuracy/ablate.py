@@ -31,14 +31,21 @@ p.add_argument("--n", type=int, default=2000)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--config", default=None)
 p.add_argument("--set", default="{}")
+p.add_argument(
+    "--atoms", choices=("all", "residue"), default="all", help="residue: the training model's own forward model (a CA Gaussian of 2.35 Å per residue)"
+)
 a = p.parse_args()
 logging.basicConfig(level=logging.WARNING)
-sim = Path(f"/tmp/exp/sim_{a.dataset}_{a.snr:g}_{a.n}")
+matched = "_residue" if a.atoms == "residue" else ""
+sim = Path(f"/tmp/exp/sim_{a.dataset}_{a.snr:g}_{a.n}{matched}")
 if not (sim / "particles.star").exists():
-    simulate([CONF / f"{a.dataset}.pdb"], sim, SimulationSettings(n_images=a.n, box=64, pixel_size_A=2.0, snr=a.snr, atoms="all", seed=100 + a.seed))
+    settings = SimulationSettings(
+        n_images=a.n, box=64, pixel_size_A=2.0, snr=a.snr, atoms=a.atoms, sigma_A=2.35 if a.atoms == "residue" else 2.0, seed=100 + a.seed
+    )
+    simulate([CONF / f"{a.dataset}.pdb"], sim, settings)
 overrides = {"optim.seed": a.seed, **json.loads(a.set)}
 config = load_config(a.config, overrides)
-run = Path(f"/tmp/exp/runs/{a.dataset}_{a.snr:g}_{a.name}_s{a.seed}")
+run = Path(f"/tmp/exp/runs/{a.dataset}_{a.snr:g}_{a.name}{matched}_s{a.seed}")
 t0 = time.time()
 train(sim / "particles.star", CONF / f"{a.dataset}_state0.pdb", run, config, force=True, progress=False)
 t_train = time.time() - t0
@@ -53,6 +60,7 @@ out = {
     "name": a.name,
     "seed": a.seed,
     "n": a.n,
+    "atoms": a.atoms,
     "set": overrides,
     "config": a.config,
     "run": summary["rmsd_A"]["median"],
