@@ -378,3 +378,17 @@ def test_residue_spreads_are_the_electron_weighted_variance_per_axis():
     assert np.all(model.residue_spreads(model.coords) >= spreads - 1e-9)
     # Residues reach ~2 Å from their centroid: a per-axis std of about 1-1.5 Å.
     assert spreads.shape == (model.n_residues,) and 0.7 < np.sqrt(np.median(spreads)) < 1.8
+
+
+def test_side_chain_atoms_are_what_is_not_backbone_or_sugar_phosphate():
+    model = read_atomic_model(STATE_A)
+    side = model.side_chain_atoms()
+    names = model.atom_names
+    amino = ~model.is_nucleotide[model.atom_residue_index]
+    assert not side[amino & np.isin(names, ["N", "CA", "C", "O"])].any()
+    assert side[amino & np.isin(names, ["CB", "CG", "NZ"])].all()
+    assert not side[~amino & np.isin(names, ["P", "OP1", "C1'", "O3'"])].any()
+    assert side[~amino & np.isin(names, ["N1", "C2", "N9"])].all()
+    # A glycine has no side chain.
+    glycine = np.flatnonzero(model.residue_names == "GLY")
+    assert glycine.size and not side[np.isin(model.atom_residue_index, glycine)].any()

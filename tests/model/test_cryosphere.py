@@ -32,6 +32,22 @@ def test_the_residue_gaussians_move_rigidly_with_their_residues():
     torch.testing.assert_close(same.coords[0].double(), torch.as_tensor(base), atol=1e-5, rtol=0)
 
 
+def test_two_gaussians_of_one_residue_move_with_that_residue():
+    rng = np.random.default_rng(2)
+    residue = np.repeat(np.arange(12), 2)[:-1]  # residue 11 has one Gaussian (a glycine)
+    points = rng.normal(size=(len(residue), 3)) * 10
+    model, _ = model_of(gaussian_coords=points, gaussian_residue=residue, rotate_about="segment")
+    with torch.no_grad():
+        model.decoder.network[-1].bias.normal_()
+        deformation = model.decode(torch.zeros(2, 2), sample_segmentation=False)
+    rotations, translations = deformation.rotations.double()[:, residue], deformation.translations.double()[:, residue]
+    expected = torch.einsum("bgij,gj->bgi", rotations, torch.as_tensor(points)) + translations
+    assert deformation.render_coords.shape == (2, 23, 3) and deformation.coords.shape == (2, 12, 3)
+    torch.testing.assert_close(deformation.render_coords.double(), expected, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="gaussian_residue"):
+        model_of(gaussian_residue=residue)
+
+
 def test_an_unknown_rotation_centre_is_refused():
     with pytest.raises(ValueError, match="rotate_about"):
         model_of(rotate_about="hinge")

@@ -166,7 +166,7 @@ def test_the_best_of_several_clearly_better_alternatives_is_named_first():
     assert [alternative.name for alternative, _ in ConventionReport(as_read, tried).clearly_better()] == ["best", "better", "good"]
 
 
-@pytest.mark.parametrize("gaussian_at", ["ca", "centroid"])
+@pytest.mark.parametrize("gaussian_at", ["ca", "centroid", "split"])
 @pytest.mark.parametrize("gaussian_width", ["sigma", "atoms"])
 def test_the_base_model_is_rendered_where_training_puts_its_gaussians(tiny_simulation, gaussian_at, gaussian_width):
     data, config = load(tiny_simulation["star"], **{"model.gaussian_at": gaussian_at, "model.gaussian_width": gaussian_width})
@@ -255,3 +255,24 @@ def test_widths_from_the_atoms_keep_each_residue_s_projected_electrons(tiny_simu
     assert np.all(gaussians.widths > sigma)
     # The integral of a projected Gaussian is 2 pi width^2 amplitude: that of its atoms at sigma.
     np.testing.assert_allclose(gaussians.widths**2 * gaussians.amplitudes, sigma**2 * data.structure.amplitudes)
+
+
+@pytest.mark.parametrize("gaussian_width", ["sigma", "atoms"])
+def test_split_gaussians_share_out_each_residue_s_atoms(tiny_simulation, gaussian_width):
+    data, config = load(tiny_simulation["star"], **{"model.gaussian_at": "split", "model.gaussian_width": gaussian_width})
+    structure = data.structure
+    gaussians = residue_gaussians(structure, config)
+    side = structure.side_chain_atoms()
+    # One Gaussian per residue and one more per residue with side-chain atoms, in residue order.
+    with_side = np.unique(structure.atom_residue_index[side])
+    assert len(gaussians.residue) == structure.n_residues + len(with_side)
+    assert np.all(np.diff(gaussians.residue) >= 0) and not gaussians.one_per_residue
+    # Together they project every electron of the residue (2 pi width^2 amplitude).
+    sigma = config.model.sigma_A
+    projected = np.bincount(gaussians.residue, weights=gaussians.amplitudes * np.broadcast_to(gaussians.widths, gaussians.amplitudes.shape) ** 2 / sigma**2)
+    np.testing.assert_allclose(projected, structure.amplitudes)
+    # Each sits at its atoms' electron centroid: the electron-weighted mean of the two is the residue's.
+    electrons = np.bincount(structure.atom_residue_index * 2 + side, weights=structure.atom_electrons)
+    electrons = electrons[electrons > 0]
+    mean = np.stack([np.bincount(gaussians.residue, weights=electrons * gaussians.positions[:, d]) for d in range(3)], 1)
+    np.testing.assert_allclose(mean / structure.amplitudes[:, None], structure.electron_centroids(), atol=1e-9)

@@ -30,6 +30,10 @@ AMINO_ACID_ATOM = "CA"
 NUCLEOTIDE_ATOM = "C1'"
 # Old PDB files (before 2007 remediation) spell the sugar atoms with '*' instead of a prime.
 NUCLEOTIDE_ATOM_LEGACY = "C1*"
+# Backbone atoms: of an amino acid N, CA, C, O (and their hydrogens, OXT); of a nucleotide the
+# phosphate and the sugar (names with ' or *, P, OPn/OnP). The rest is the side chain / the base.
+AMINO_ACID_BACKBONE = frozenset({"N", "CA", "C", "O", "OXT", "H", "H1", "H2", "H3", "HA", "HA2", "HA3"})
+PHOSPHATE_ATOMS = frozenset({"P", "OP1", "OP2", "OP3", "O1P", "O2P", "O3P"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +99,16 @@ class AtomicModel:
         sums = np.zeros((self.n_residues, 3))
         np.add.at(sums, self.atom_residue_index, self.atom_coords * self.atom_electrons[:, None])
         return sums / np.maximum(weights, 1e-12)[:, None]
+
+    def side_chain_atoms(self) -> np.ndarray:
+        """``(A,)`` bool: the atom belongs to its residue's side chain (nucleotides: its base)."""
+        names = self.atom_names
+        nucleotide = self.is_nucleotide[self.atom_residue_index]
+        amino_side = ~np.isin(names, list(AMINO_ACID_BACKBONE))
+        sugar_phosphate = np.char.find(names, "'") >= 0
+        sugar_phosphate |= np.char.find(names, "*") >= 0
+        sugar_phosphate |= np.isin(names, list(PHOSPHATE_ATOMS))
+        return np.where(nucleotide, ~sugar_phosphate, amino_side)
 
     def residue_spreads(self, centres: np.ndarray) -> np.ndarray:
         """``(R,)`` float64 Å²: each residue's electron-weighted variance of its atoms about

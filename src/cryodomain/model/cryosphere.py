@@ -24,7 +24,7 @@ class Deformation:
     """The result of decoding a batch of latents. B images, R residues, K segments."""
 
     coords: Tensor  # (B, R, 3) deformed residue coordinates (CA / C1'), Å
-    render_coords: Tensor  # (B, R, 3) deformed positions of the residue Gaussians, Å (coords unless set apart)
+    render_coords: Tensor  # (B, G, 3) deformed positions of the Gaussians, Å (coords unless set apart)
     rotations: Tensor  # (B, R, 3, 3) per-residue rotation about the origin
     translations: Tensor  # (B, R, 3) per-residue translation, Å
     memberships: Tensor  # (B, R, K)
@@ -37,7 +37,7 @@ class CryoSphere(nn.Module):
 
     Args:
         base_coords: ``(R, 3)`` residue coordinates of the base model in the box-centred frame, Å.
-        amplitudes: ``(R,)`` electrons per residue.
+        amplitudes: ``(R,)`` (or ``(G,)``) electrons per Gaussian.
         parts: the segmented residue ranges.
         box: image side in pixels (encoder input size).
         n_images: dataset size (used by the non-amortised latent table).
@@ -47,8 +47,10 @@ class CryoSphere(nn.Module):
             (:func:`~cryodomain.model.deformation.pivot_translations`).
         encoder_pose: the encoder also sees the pose matrix (9 numbers) of each image.
         latent_std_scale: scale of the latent posterior's std (1 in the published model).
-        gaussian_coords: ``(R, 3)`` Å where each residue's Gaussian sits in the base model (the
-            residue moves it with the same rigid transform as its CA); None: at ``base_coords``.
+        gaussian_coords: ``(G, 3)`` Å where the Gaussians sit in the base model (each moves with
+            the rigid transform of its residue, as the CA does); None: one per residue at ``base_coords``.
+        gaussian_residue: ``(G,)`` the residue of each Gaussian when there are not exactly one per
+            residue in residue order; ``amplitudes`` are then ``(G,)``.
     """
 
     def __init__(
@@ -68,12 +70,18 @@ class CryoSphere(nn.Module):
         encoder_pose: bool = False,
         latent_std_scale: float = 1.0,
         gaussian_coords: np.ndarray | None = None,
+        gaussian_residue: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         # Where each residue's Gaussian sits (e.g. its electron centroid); None: at base_coords.
         self.separate_gaussians = gaussian_coords is not None
         if gaussian_coords is not None:
             self.register_buffer("gaussian_coords", torch.as_tensor(gaussian_coords, dtype=torch.float32))
+        self.has_gaussian_residue = gaussian_residue is not None
+        if gaussian_residue is not None:
+            if gaussian_coords is None or len(gaussian_residue) != len(gaussian_coords):
+                raise ValueError("gaussian_residue needs gaussian_coords of the same length")
+            self.register_buffer("gaussian_residue", torch.as_tensor(gaussian_residue, dtype=torch.long))
         if rotate_about not in ("origin", "segment"):
             raise ValueError(f"rotate_about must be 'origin' or 'segment', got {rotate_about!r}")
         self.rotate_about = rotate_about
@@ -118,7 +126,12 @@ class CryoSphere(nn.Module):
             about_origin = pivot_translations(memberships, rotvecs, translations, self.base_coords)
         residue_rotations, residue_translations = residue_transforms(memberships, rotvecs, about_origin)
         coords = deform_points(self.base_coords, residue_rotations, residue_translations)
-        render = deform_points(self.base_gaussians, residue_rotations, residue_translations) if self.separate_gaussians else coords
+        render = coords
+        if self.has_gaussian_residue:
+            index = self.gaussian_residue
+            render = deform_points(self.gaussian_coords, residue_rotations[:, index], residue_translations[:, index])
+        elif self.separate_gaussians:
+            render = deform_points(self.gaussian_coords, residue_rotations, residue_translations)
         return Deformation(coords, render, residue_rotations, residue_translations, memberships, rotvecs, translations)
 
     def forward(

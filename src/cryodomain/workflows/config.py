@@ -117,8 +117,9 @@ class ModelConfig(_Strict):
     encoder_pose: bool = True
     latent_std_scale: PositiveFloat = 0.1
     # Where each residue's Gaussian sits: on its CA / C1' atom (the published model), or at the
-    # electron-weighted centroid of its atoms (where its density is); outputs stay CA / C1'.
-    gaussian_at: Literal["ca", "centroid"] = "centroid"
+    # electron-weighted centroid of its atoms (where its density is), or split: two Gaussians,
+    # the backbone's and the side chain's (base's), each at its atoms' centroid; outputs stay CA / C1'.
+    gaussian_at: Literal["ca", "centroid", "split"] = "centroid"
     # Each residue's Gaussian width: sigma_A for all (the published model), or from its atoms,
     # sqrt(sigma_A^2 + their variance about the Gaussian's centre), with the amplitude scaled so
     # that it still projects its electrons (images of atoms of width sigma_A are matched better).

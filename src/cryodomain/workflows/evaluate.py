@@ -121,6 +121,15 @@ def binned_table(rmsd: dict[str, np.ndarray], conformation: np.ndarray, n_confor
     return rows
 
 
+def _residue_rendering(model, data, sigma_A: float | torch.Tensor) -> tuple[np.ndarray, float | torch.Tensor]:
+    """Amplitudes ``(R,)`` and width for maps of residue coordinates: the training model's own,
+    unless it has Gaussians apart from its residues (``gaussian_at: split``); then each residue's
+    electrons and the mean width."""
+    if not model.has_gaussian_residue:
+        return model.amplitudes.cpu().numpy(), sigma_A
+    return data.structure.amplitudes, float(torch.as_tensor(sigma_A).float().mean())
+
+
 def map_agreement(
     predicted: np.ndarray,
     truth_coords: np.ndarray,
@@ -312,8 +321,7 @@ def evaluate_run(
             truth_coords,
             conformation,
             references,
-            model.amplitudes.cpu().numpy(),
-            trained.context.sigma_A,
+            *_residue_rendering(model, data, trained.context.sigma_A),
             data.box,
             data.pixel_size_A,
             n_images=map_images,

@@ -184,28 +184,54 @@ def _check_header_pixel_sizes(particles: str | Path, table: ParticleTable, datas
 
 @dataclass(frozen=True)
 class ResidueGaussians:
-    """The base model as the forward model renders it: one Gaussian per residue, R residues.
+    """The base model as the forward model renders it: G Gaussians, one or two per residue.
 
     Attributes:
-        positions: ``(R, 3)`` Å, the CA / C1' or the electron centroid (``model.gaussian_at``).
-        amplitudes: ``(R,)`` electrons, times ``sigma_A^2 / width^2`` with widths from the atoms
+        positions: ``(G, 3)`` Å, the CA / C1' or the electron centroid (``model.gaussian_at``).
+        amplitudes: ``(G,)`` electrons, times ``sigma_A^2 / width^2`` with widths from the atoms
             (the projected Gaussian's integral, ``2 pi width^2 amplitude``, stays that of the atoms).
-        widths: Å, ``model.sigma_A`` for all, or ``(R,)`` (``model.gaussian_width: atoms``).
+        widths: Å, ``model.sigma_A`` for all, or ``(G,)`` (``model.gaussian_width: atoms``).
+        residue: ``(G,)`` int64, the residue each Gaussian moves with.
     """
 
     positions: np.ndarray
     amplitudes: np.ndarray
     widths: float | np.ndarray
+    residue: np.ndarray
+
+    @property
+    def one_per_residue(self) -> bool:
+        return len(self.residue) == len(np.unique(self.residue)) and bool(np.all(np.diff(self.residue) > 0))
 
 
 def residue_gaussians(structure: AtomicModel, config: RunConfig) -> ResidueGaussians:
-    """Where, how heavy and how wide each residue's Gaussian is (the one place that decides)."""
-    positions = structure.electron_centroids() if config.model.gaussian_at == "centroid" else structure.coords
+    """Where, how heavy and how wide each Gaussian is, and whose residue it is (the one place that decides).
+
+    ``gaussian_at: split`` gives a residue two Gaussians, its backbone and its side chain (for a
+    nucleotide the sugar-phosphate and the base), each at its atoms' electron centroid with its
+    electrons; a residue without side-chain atoms (glycine) keeps one.
+    """
     sigma = float(config.model.sigma_A)
+    if config.model.gaussian_at == "split":
+        groups = 2 * structure.atom_residue_index + structure.side_chain_atoms()
+        kept, atom_group = np.unique(groups, return_inverse=True)
+        residue = (kept // 2).astype(np.int64)
+        electrons = np.bincount(atom_group, weights=structure.atom_electrons, minlength=len(kept))
+        weighted = structure.atom_coords * structure.atom_electrons[:, None]
+        positions = np.stack([np.bincount(atom_group, weights=weighted[:, d], minlength=len(kept)) for d in range(3)], axis=1)
+        positions /= np.maximum(electrons, 1e-12)[:, None]
+        offsets = structure.atom_coords - positions[atom_group]
+        moments = np.bincount(atom_group, weights=structure.atom_electrons * (offsets * offsets).sum(-1), minlength=len(kept))
+        spreads = moments / np.maximum(electrons, 1e-12) / 3.0
+    else:
+        residue = np.arange(structure.n_residues, dtype=np.int64)
+        positions = structure.electron_centroids() if config.model.gaussian_at == "centroid" else structure.coords
+        electrons = structure.amplitudes
+        spreads = structure.residue_spreads(positions) if config.model.gaussian_width == "atoms" else None
     if config.model.gaussian_width == "sigma":
-        return ResidueGaussians(positions, structure.amplitudes, sigma)
-    widths = np.sqrt(sigma**2 + structure.residue_spreads(positions))
-    return ResidueGaussians(positions, structure.amplitudes * (sigma**2 / widths**2), widths)
+        return ResidueGaussians(positions, electrons, sigma, residue)
+    widths = np.sqrt(sigma**2 + spreads)
+    return ResidueGaussians(positions, electrons * (sigma**2 / widths**2), widths, residue)
 
 
 def build_model(data: TrainingData, config: RunConfig) -> CryoSphere:
@@ -224,7 +250,8 @@ def build_model(data: TrainingData, config: RunConfig) -> CryoSphere:
         rotate_about=config.model.rotate_about,
         encoder_pose=config.model.encoder_pose,
         latent_std_scale=config.model.latent_std_scale,
-        gaussian_coords=gaussians.positions if config.model.gaussian_at == "centroid" else None,
+        gaussian_coords=gaussians.positions if config.model.gaussian_at != "ca" else None,
+        gaussian_residue=None if gaussians.one_per_residue else gaussians.residue,
     )
     for name, parameter in model.segmentation.named_parameters():
         if not config.model.learn_segmentation or (name.endswith("_std_raw") and not config.model.learn_segment_stds):
