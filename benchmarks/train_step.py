@@ -174,12 +174,12 @@ class OurStep:
     """Model, optimizer and context built as ``train()`` builds them (:class:`Trainer`); one step is
     :func:`train_step`, the loop's own."""
 
-    def __init__(self, structure: AtomicModel, inputs: dict, segments: int, clash: str, device: torch.device) -> None:
+    def __init__(self, structure: AtomicModel, inputs: dict, segments: int, clash: str, device: torch.device, model_options: dict | None = None) -> None:
         self.table = particle_table(inputs)
         box = int(inputs["box"])
         self.config = RunConfig.model_validate(
             {
-                "model": {"n_segments": segments},
+                "model": {"n_segments": segments, **(model_options or {})},
                 "loss": {"clash_mode": clash},
                 "optim": {"batch_size": len(self.table), "device": device.type, "epochs": 2 * BENCH_EPOCH},
             }
@@ -270,7 +270,7 @@ def worker_main(args: argparse.Namespace) -> None:
     inputs = dict(np.load(args.inputs, allow_pickle=False))
     structure = load_structure(args.model)
     device = torch.device(args.device)
-    worker = OurStep(structure, inputs, args.segments, args.clash, device)
+    worker = OurStep(structure, inputs, args.segments, args.clash, device, json.loads(args.model_options))
     print(json.dumps({"ready": True, "rss_peak_mb": rss_peak_mb()}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
@@ -368,6 +368,8 @@ def run_config(args, model: str, box: int, batch: int, segments: int, device: st
         device,
         "--threads",
         str(args.threads),
+        "--model-options",
+        args.model_options,
     ] + (["--system-allocator"] if args.system_allocator else [])
     row = {"model": model, "box": box, "batch": batch, "segments": segments, "device": device, "load_before": _load()}
     ours = Worker(ours_cmd)
@@ -527,6 +529,7 @@ def main() -> None:
     parser.add_argument("--check-batch", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="example model, box 64, batch 32, 20 segments")
     parser.add_argument("--system-allocator", action="store_true", help="time cryodomain without keep_freed_memory() (glibc defaults)")
+    parser.add_argument("--model-options", default="{}", help='JSON merged into the "model" config section, e.g. \'{"gaussian_at": "split"}\'')
     parser.add_argument("--json", default=None, help="append result rows (JSON lines) to this file")
     # Worker mode (internal).
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
