@@ -121,7 +121,8 @@ def test_a_file_and_flags_override_the_preset(tmp_path):
 
 def test_defaults_are_the_measured_best_settings():
     config = RunConfig()
-    assert config.model.gaussian_at == "centroid" and config.model.rotate_about == "segment"
+    assert config.model.gaussian_at == "split" and config.model.gaussian_width == "atoms" and config.model.sigma_A == 2.0
+    assert config.model.tau == 0.2 and config.loss.clash.value == 0.01 and config.model.rotate_about == "segment"
     assert config.model.encoder_input == "residual" and config.model.encoder_pose and not config.model.learn_segment_stds
     assert config.model.init.centre_std == 1.0 and config.model.n_segments == 16 and config.model.latent_dim == 4
     assert config.data.lowpass_A == 10.0 and config.optim.lr_schedule == "cosine" and config.optim.batch_size == 32

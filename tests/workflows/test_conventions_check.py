@@ -247,7 +247,7 @@ def test_a_forced_class_that_fits_passes_and_is_not_tried_again(simulation, tmp_
 
 
 def test_widths_from_the_atoms_keep_each_residue_s_projected_electrons(tiny_simulation):
-    data, config = load(tiny_simulation["star"], **{"model.gaussian_width": "atoms"})
+    data, config = load(tiny_simulation["star"], **{"model.gaussian_at": "centroid", "model.gaussian_width": "atoms"})
     gaussians = residue_gaussians(data.structure, config)
     sigma = config.model.sigma_A
     expected = np.sqrt(sigma**2 + data.structure.residue_spreads(gaussians.positions))

@@ -95,13 +95,15 @@ class ModelConfig(_Strict):
     amortized: bool = True
     n_segments: PositiveInt = 16
     parts: list[Part] | None = None
-    tau: PositiveFloat = 0.05
-    # Width of each residue's Gaussian, Å. 2.35: a residue's density in images of atoms 2 Å wide
-    # (its atoms' own spread widens it to a median 2.33-2.42 Å on the benchmark proteins and the
-    # ribosome). Against the published 2.0: better on the hinge series, equal on the normal modes
-    # at SNR 0.1, worse on them without noise (RESULTS.md, "Accuracy: the width").
-    # With gaussian_width "atoms" it is the width of each atom instead (2.0 there).
-    sigma_A: PositiveFloat = 2.35
+    # Softness of the segment boundaries: 0.2 lets residues near a boundary blend the motions of
+    # both segments, which follows a bending protein better than the published near-hard 0.05
+    # (RESULTS.md, "Accuracy: two Gaussians per residue and softer boundaries").
+    tau: PositiveFloat = 0.2
+    # Width, Å: of each atom with gaussian_width "atoms" (the default; 2.0, the atoms of the
+    # benchmark images), each Gaussian then being sqrt(sigma_A^2 + its atoms' spread) wide; of
+    # every Gaussian with "sigma" (2.35 fits one Gaussian per residue to images of 2 Å atoms,
+    # RESULTS.md "Accuracy: the width"; the published model uses 2.0).
+    sigma_A: PositiveFloat = 2.0
     # Start values of the whole model's segmentation (when no parts are given).
     init: SegmentValues = START_VALUES
     rotate_about: Literal["origin", "segment"] = "segment"
@@ -119,11 +121,11 @@ class ModelConfig(_Strict):
     # Where each residue's Gaussian sits: on its CA / C1' atom (the published model), or at the
     # electron-weighted centroid of its atoms (where its density is), or split: two Gaussians,
     # the backbone's and the side chain's (base's), each at its atoms' centroid; outputs stay CA / C1'.
-    gaussian_at: Literal["ca", "centroid", "split"] = "centroid"
+    gaussian_at: Literal["ca", "centroid", "split"] = "split"
     # Each residue's Gaussian width: sigma_A for all (the published model), or from its atoms,
     # sqrt(sigma_A^2 + their variance about the Gaussian's centre), with the amplitude scaled so
     # that it still projects its electrons (images of atoms of width sigma_A are matched better).
-    gaussian_width: Literal["sigma", "atoms"] = "sigma"
+    gaussian_width: Literal["sigma", "atoms"] = "atoms"
 
     @model_validator(mode="after")
     def _check_init(self) -> "ModelConfig":
