@@ -94,11 +94,7 @@ class AtomicModel:
 
     def electron_centroids(self) -> np.ndarray:
         """``(R, 3)`` float64 Å: each residue's electron-weighted atom centroid (where its density is)."""
-        weights = np.zeros(self.n_residues)
-        np.add.at(weights, self.atom_residue_index, self.atom_electrons)
-        sums = np.zeros((self.n_residues, 3))
-        np.add.at(sums, self.atom_residue_index, self.atom_coords * self.atom_electrons[:, None])
-        return sums / np.maximum(weights, 1e-12)[:, None]
+        return group_centroids(self.atom_coords, self.atom_electrons, self.atom_residue_index, self.n_residues)
 
     def side_chain_atoms(self) -> np.ndarray:
         """``(A,)`` bool: the atom belongs to its residue's side chain (nucleotides: its base)."""
@@ -113,11 +109,7 @@ class AtomicModel:
     def residue_spreads(self, centres: np.ndarray) -> np.ndarray:
         """``(R,)`` float64 Å²: each residue's electron-weighted variance of its atoms about
         ``centres`` ``(R, 3)`` Å, per axis (a third of the mean squared distance)."""
-        offsets = self.atom_coords - np.asarray(centres, dtype=np.float64)[self.atom_residue_index]
-        weights, moments = np.zeros(self.n_residues), np.zeros(self.n_residues)
-        np.add.at(weights, self.atom_residue_index, self.atom_electrons)
-        np.add.at(moments, self.atom_residue_index, self.atom_electrons * (offsets * offsets).sum(-1))
-        return moments / np.maximum(weights, 1e-12) / 3.0
+        return group_spreads(self.atom_coords, self.atom_electrons, self.atom_residue_index, centres)
 
     def with_coords(self, coords: np.ndarray, atom_coords: np.ndarray) -> AtomicModel:
         """Copy of this model with new coordinates.
@@ -131,6 +123,23 @@ class AtomicModel:
         if coords.shape != self.coords.shape or atom_coords.shape != self.atom_coords.shape:
             raise ValueError(f"with_coords expects {self.coords.shape} and {self.atom_coords.shape}, got {coords.shape} and {atom_coords.shape}")
         return dataclasses.replace(self, coords=coords.copy(), atom_coords=atom_coords.copy())
+
+
+def group_centroids(points: np.ndarray, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """``(n_groups, 3)`` weighted centroids of ``points`` ``(A, 3)`` Å, weights ``(A,)``, by ``group`` ``(A,)``."""
+    total = np.bincount(group, weights=weights, minlength=n_groups)
+    sums = np.stack([np.bincount(group, weights=weights * points[:, d], minlength=n_groups) for d in range(3)], axis=1)
+    return sums / np.maximum(total, 1e-12)[:, None]
+
+
+def group_spreads(points: np.ndarray, weights: np.ndarray, group: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``(n_groups,)`` Å²: the weighted variance per axis (a third of the mean squared distance) of
+    each group's points about its centre ``centres`` ``(n_groups, 3)`` Å."""
+    offsets = points - np.asarray(centres, dtype=np.float64)[group]
+    n_groups = len(centres)
+    total = np.bincount(group, weights=weights, minlength=n_groups)
+    moments = np.bincount(group, weights=weights * (offsets * offsets).sum(-1), minlength=n_groups)
+    return moments / np.maximum(total, 1e-12) / 3.0
 
 
 def read_atomic_model(path: str | Path, model_index: int = 0) -> AtomicModel:

@@ -16,7 +16,7 @@ import numpy as np
 from cryodomain.errors import input_error
 from cryodomain.io.metadata import read_particles
 from cryodomain.io.particles import ParticleTable
-from cryodomain.io.structure import AtomicModel, read_atomic_model
+from cryodomain.io.structure import AtomicModel, group_centroids, group_spreads, read_atomic_model
 from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.model.segmentation import (
     DEFAULT_CENTRE_STD,
@@ -213,16 +213,11 @@ def residue_gaussians(structure: AtomicModel, config: RunConfig) -> ResidueGauss
     """
     sigma = float(config.model.sigma_A)
     if config.model.gaussian_at == "split":
-        groups = 2 * structure.atom_residue_index + structure.side_chain_atoms()
-        kept, atom_group = np.unique(groups, return_inverse=True)
+        kept, atom_group = np.unique(2 * structure.atom_residue_index + structure.side_chain_atoms(), return_inverse=True)
         residue = (kept // 2).astype(np.int64)
         electrons = np.bincount(atom_group, weights=structure.atom_electrons, minlength=len(kept))
-        weighted = structure.atom_coords * structure.atom_electrons[:, None]
-        positions = np.stack([np.bincount(atom_group, weights=weighted[:, d], minlength=len(kept)) for d in range(3)], axis=1)
-        positions /= np.maximum(electrons, 1e-12)[:, None]
-        offsets = structure.atom_coords - positions[atom_group]
-        moments = np.bincount(atom_group, weights=structure.atom_electrons * (offsets * offsets).sum(-1), minlength=len(kept))
-        spreads = moments / np.maximum(electrons, 1e-12) / 3.0
+        positions = group_centroids(structure.atom_coords, structure.atom_electrons, atom_group, len(kept))
+        spreads = group_spreads(structure.atom_coords, structure.atom_electrons, atom_group, positions)
     else:
         residue = np.arange(structure.n_residues, dtype=np.int64)
         positions = structure.electron_centroids() if config.model.gaussian_at == "centroid" else structure.coords
