@@ -11,7 +11,7 @@ from cryodomain.physics.ctf import compute_ctf
 from cryodomain.physics.imaging import ImageFrame, form_images
 from cryodomain.workflows.config import LossConfig, load_config
 from cryodomain.workflows.data import batch_loader, ctf_parameters
-from cryodomain.workflows.inputs import build_model, load_training_data
+from cryodomain.workflows.inputs import build_model, load_training_data, residue_gaussians
 from cryodomain.workflows.objective import (
     LOSS_TERMS,
     TERM_NAMES,
@@ -157,7 +157,10 @@ def test_build_context_takes_the_frame_scale_and_pairs_from_config_and_data(setu
     torch.testing.assert_close(context.frame.lowpass, expected.lowpass)
     torch.testing.assert_close(context.frame.mask, expected.mask)
     assert context.preprocess.scale == 2.0 and context.preprocess.sign == 1.0
-    assert context.sigma_A == setup.config.model.sigma_A and not context.mixed_precision
+    # The widths of the Gaussians training renders (one per Gaussian with widths from the atoms).
+    widths = residue_gaussians(data.structure, setup.config).widths
+    torch.testing.assert_close(context.sigma_A, torch.as_tensor(widths, dtype=torch.float32))
+    assert not context.mixed_precision
     assert context.continuity_pairs.tolist() == data.structure.consecutive_pairs().tolist()
     assert context.clash_pairs is not None and context.clash_pairs.shape[1] == 2
     config = load_config(None, {**tiny_config_overrides, "loss.clash_mode": "off", "data.invert_contrast": True, "optim.mixed_precision": True})
