@@ -201,7 +201,8 @@ class ResidueGaussians:
 
     @property
     def one_per_residue(self) -> bool:
-        return len(self.residue) == len(np.unique(self.residue)) and bool(np.all(np.diff(self.residue) > 0))
+        """Every residue has one Gaussian (``residue`` is sorted, so strictly increasing says it)."""
+        return bool(np.all(np.diff(self.residue) > 0))
 
 
 def residue_gaussians(structure: AtomicModel, config: RunConfig) -> ResidueGaussians:
