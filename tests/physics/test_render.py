@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cryodomain.physics.render import gaussian_profiles, pixel_coordinates, project_gaussians, render_volume, rotate_points
+from cryodomain.physics.render import gaussian_profiles, pixel_coordinates, project_gaussians, project_gaussians_spectrum, render_volume, rotate_points
 from cryodomain.physics.rotations import random_rotations
 
 
@@ -141,3 +141,23 @@ def test_a_width_per_atom_renders_each_atom_with_its_own_width():
     # The hand-written backward with one width per atom, against finite differences.
     coordinates = points[0, :, 0].clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda c: gaussian_profiles(c, grid, sigmas, amplitudes), (coordinates,))
+
+
+@pytest.mark.parametrize("box", [24, 25])
+def test_spectrum_projection_is_the_rfft2_of_the_pixel_projection(box):
+    """At the frequencies up to half Nyquist (where the pixel grid's aliasing is below 1e-7), for
+    Gaussians inside the box, one width or one each."""
+    pixel_size = 2.0
+    generator = torch.Generator().manual_seed(1)
+    points = (torch.rand(3, 12, 3, generator=generator, dtype=torch.float64) - 0.5) * 10
+    amplitudes = torch.rand(3, 12, generator=generator, dtype=torch.float64) + 0.5
+    grid = pixel_coordinates(box, pixel_size, dtype=torch.float64)
+    rows = torch.fft.fftfreq(box, d=pixel_size, dtype=torch.float64).abs() <= 0.25 / pixel_size
+    columns = torch.fft.rfftfreq(box, d=pixel_size, dtype=torch.float64) <= 0.25 / pixel_size
+    ky = torch.fft.fftfreq(box, d=pixel_size, dtype=torch.float64)[rows]
+    kx = torch.fft.rfftfreq(box, d=pixel_size, dtype=torch.float64)[columns]
+    for sigma in (2.5, torch.rand(12, generator=generator, dtype=torch.float64) + 2.5):
+        expected = torch.fft.rfft2(project_gaussians(points, amplitudes, sigma, grid))[:, rows][..., columns]
+        spectrum = project_gaussians_spectrum(points, amplitudes, sigma, ky, kx, pixel_size, box // 2 * pixel_size)
+        assert spectrum.shape == expected.shape and spectrum.is_complex()
+        torch.testing.assert_close(spectrum, expected, rtol=0, atol=1e-7 * float(expected.abs().max()))

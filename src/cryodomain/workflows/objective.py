@@ -26,7 +26,6 @@ from cryodomain.model.losses import (
     latent_kl,
 )
 from cryodomain.physics.ctf import compute_ctf
-from cryodomain.physics.fourier import lowpass_filter
 from cryodomain.physics.imaging import ImageFrame, form_images
 from cryodomain.workflows.config import RunConfig
 from cryodomain.workflows.data import Preprocessor, ctf_parameters
@@ -132,7 +131,7 @@ def context_at(context: StepContext, config: RunConfig, epoch: int) -> StepConte
     resolution = lowpass_at(config, epoch)
     if config.data.lowpass_final_A is None or resolution is None:
         return context
-    frame = dataclasses.replace(context.frame, lowpass=lowpass_filter(context.frame.freqs, resolution))
+    frame = context.frame.with_lowpass(resolution)
     return dataclasses.replace(context, preprocess=dataclasses.replace(context.preprocess, frame=frame))
 
 
