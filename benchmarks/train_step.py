@@ -17,6 +17,7 @@ Examples:
     .venv/bin/python benchmarks/train_step.py --models example 1000 --boxes 64 128 --batches 32 \
         --segments 10 20 --reference --reference-python /tmp/cryosphere-ref-venv/bin/python
     .venv/bin/python benchmarks/train_step.py --check --reference-python /tmp/cryosphere-ref-venv/bin/python
+    git worktree add /tmp/before 914622f && .venv/bin/python benchmarks/train_step.py --quick --before /tmp/before
 """
 
 from __future__ import annotations
@@ -374,9 +375,16 @@ def run_config(args, model: str, box: int, batch: int, segments: int, device: st
     row = {"model": model, "box": box, "batch": batch, "segments": segments, "device": device, "load_before": _load()}
     ours = Worker(ours_cmd)
     row["residues"] = int(np.load(inputs_path)["coords"].shape[0])
-    ref = None
+    ref = before = None
     try:
         ours.ask({"cmd": "steps", "n": 1})  # warm-up (allocator, thread pools)
+        if args.before:
+            # The same worker from another source tree (its defaults, its code), e.g. a git worktree
+            # of the commit to compare with: model options apply to ours only.
+            tree = Path(args.before).resolve()
+            before_cmd = [ours_cmd[0], str(tree / "benchmarks" / "train_step.py"), *ours_cmd[2 : ours_cmd.index("--model-options")]]
+            before = Worker(before_cmd + (["--system-allocator"] if args.system_allocator else []), env=dict(os.environ, PYTHONPATH=str(tree / "src")))
+            before.ask({"cmd": "steps", "n": 1})
         if args.reference and device == "cpu":
             betas = json.dumps(betas_at(RunConfig(), BENCH_EPOCH))
             ref_cmd = [
@@ -397,7 +405,7 @@ def run_config(args, model: str, box: int, batch: int, segments: int, device: st
             ]
             ref = Worker(ref_cmd)
             ref.ask({"cmd": "steps", "n": 1})
-        ours_ms, ref_ms = [], []
+        ours_ms, ref_ms, before_ms = [], [], []
         for _ in range(args.rounds):
             reply = ours.ask({"cmd": "steps", "n": args.steps})
             ours_ms += reply["ms"]
@@ -409,7 +417,12 @@ def run_config(args, model: str, box: int, batch: int, segments: int, device: st
                 reply = ref.ask({"cmd": "steps", "n": args.steps})
                 ref_ms += reply["ms"]
                 row["ref_rss_peak_mb"] = reply["rss_peak_mb"]
+            if before is not None:
+                before_ms += before.ask({"cmd": "steps", "n": args.steps})["ms"]
         row["ms"] = float(np.median(ours_ms))
+        if before is not None:
+            row["before_ms"] = float(np.median(before_ms))
+            row["ours_over_before"] = row["ms"] / row["before_ms"]
         row["images_per_s"] = batch / row["ms"] * 1e3
         if ref is not None:
             row["ref_ms"] = float(np.median(ref_ms))
@@ -419,9 +432,9 @@ def run_config(args, model: str, box: int, batch: int, segments: int, device: st
             row["projection_ms"] = float(np.median(ours.ask({"cmd": "projection", "n": max(2, args.steps)})["ms"]))
             row["step_over_projection"] = row["ms"] / row["projection_ms"]
     finally:
-        ours.close()
-        if ref is not None:
-            ref.close()
+        for worker in (ours, ref, before):
+            if worker is not None:
+                worker.close()
     row["load_after"] = _load()
     return row
 
@@ -530,6 +543,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="example model, box 64, batch 32, 20 segments")
     parser.add_argument("--system-allocator", action="store_true", help="time cryodomain without keep_freed_memory() (glibc defaults)")
     parser.add_argument("--model-options", default="{}", help='JSON merged into the "model" config section, e.g. \'{"gaussian_at": "split"}\'')
+    parser.add_argument(
+        "--before", default=None, help="also time the step of another source tree (e.g. a git worktree of an older commit), alternating with ours"
+    )
     parser.add_argument("--json", default=None, help="append result rows (JSON lines) to this file")
     # Worker mode (internal).
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
