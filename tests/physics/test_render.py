@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from cryodomain.physics.render import gaussian_profiles, pixel_coordinates, project_gaussians, project_gaussians_spectrum, render_volume, rotate_points
+from cryodomain.physics.render import (
+    gaussian_profiles,
+    gaussian_spectra,
+    pixel_coordinates,
+    project_gaussians,
+    project_gaussians_spectrum,
+    render_volume,
+    rotate_points,
+)
 from cryodomain.physics.rotations import random_rotations
 
 
@@ -161,3 +169,12 @@ def test_spectrum_projection_is_the_rfft2_of_the_pixel_projection(box):
         spectrum = project_gaussians_spectrum(points, amplitudes, sigma, ky, kx, pixel_size, box // 2 * pixel_size)
         assert spectrum.shape == expected.shape and spectrum.is_complex()
         torch.testing.assert_close(spectrum, expected, rtol=0, atol=1e-7 * float(expected.abs().max()))
+
+
+def test_spectrum_gradient_matches_finite_differences():
+    generator = torch.Generator().manual_seed(2)
+    coordinates = (torch.randn(2, 5, generator=generator, dtype=torch.float64) * 4).requires_grad_()
+    frequencies = torch.linspace(-0.2, 0.2, 7, dtype=torch.float64)
+    widths = torch.rand(5, generator=generator, dtype=torch.float64) + 2.0
+    assert torch.autograd.gradcheck(lambda c: gaussian_spectra(c, frequencies, widths, 2.0, 32.0), (coordinates,))
+    assert torch.autograd.gradcheck(lambda c: gaussian_spectra(c, frequencies, 2.5, 2.0, 32.0), (coordinates,))
