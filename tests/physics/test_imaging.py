@@ -175,6 +175,7 @@ def test_band_holds_every_frequency_the_lowpass_passes_and_only_a_narrow_lowpass
     inside[band.rows, : band.columns] = True
     assert bool((frame.lowpass[~inside] == 0).all())
     torch.testing.assert_close(band.freqs, frame.freqs[band.rows, : band.columns])
+    torch.testing.assert_close(band.lowpass, frame.lowpass[band.rows, : band.columns])
     torch.testing.assert_close(band.ky, frame.freqs[band.rows, 0, 1])
     torch.testing.assert_close(band.kx, frame.freqs[0, : band.columns, 0])
     # Restricting and writing back is the low-passed image.

@@ -33,11 +33,13 @@ class SpectralBand:
         rows: ``(Ky,)`` row indices (``fftfreq`` order) of the rows with a nonzero frequency.
         columns: the first ``Kx`` columns (``rfftfreq`` order) hold every nonzero frequency.
         freqs: ``(Ky, Kx, 2)`` the band's frequencies (kx, ky), 1/Å.
+        lowpass: ``(Ky, Kx)`` the low-pass filter on the band.
     """
 
     rows: Tensor
     columns: int
     freqs: Tensor
+    lowpass: Tensor
 
     @property
     def kx(self) -> Tensor:
@@ -57,7 +59,7 @@ class SpectralBand:
         columns = int(torch.nonzero(support.any(dim=0)).max()) + 1 if bool(support.any()) else 1
         if rows.numel() * columns >= BAND_FRACTION * lowpass.numel():
             return None
-        return cls(rows, columns, freqs[rows, :columns])
+        return cls(rows, columns, freqs[rows, :columns], lowpass[rows, :columns])
 
     def restrict(self, spectrum: Tensor) -> Tensor:
         """``(..., N, N // 2 + 1)`` -> ``(..., Ky, Kx)``: the band's entries."""
@@ -157,7 +159,7 @@ def form_images(
     if frame.band is not None:
         band = frame.band
         spectrum = project_gaussians_spectrum(view, amplitudes, sigma_A, band.ky, band.kx, frame.pixel_size_A, frame.box // 2 * frame.pixel_size_A)
-        band_filter = band.restrict(ctf) * band.restrict(frame.lowpass)
+        band_filter = band.restrict(ctf) * band.lowpass
         if shifts_A is not None:
             band_filter = band_filter * shift_filter(shifts_A, band.freqs)
         images = band.to_images(spectrum * band_filter, frame.box)
