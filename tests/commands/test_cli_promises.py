@@ -116,9 +116,24 @@ def test_structures_decodes_with_the_checkpoint_given(tmp_path, trained):
     assert main(["structures", str(trained.run), "-o", str(tmp_path / "first"), "--checkpoint", str(trained.first), "--device", "cpu"]) == 0
     assert main(["structures", str(trained.run), "-o", str(tmp_path / "last"), "--device", "cpu"]) == 0
     first = TrainedRun.load(trained.run, trained.first)
-    expected = write_coordinates(tmp_path / "expected.npy", first.model, first.latent_means(progress=False), progress=False)
+    posterior = first.latent_posterior(progress=False)
+    expected = write_coordinates(tmp_path / "expected.npy", first.model, posterior.means, stds=posterior.stds, progress=False)
     np.testing.assert_allclose(np.load(tmp_path / "first" / "coords.npy"), expected, atol=1e-5)
     assert not np.allclose(np.load(tmp_path / "first" / "coords.npy"), np.load(tmp_path / "last" / "coords.npy"), atol=1e-5)
+
+
+def test_structures_decodes_each_posterior_or_with_at_mean_the_latent_mean(tmp_path, trained):
+    np.savetxt(tmp_path / "chosen.txt", [3, 0, 5], fmt="%d")
+    common = ["structures", str(trained.run), "--indices", str(tmp_path / "chosen.txt"), "--device", "cpu"]
+    assert main([*common, "-o", str(tmp_path / "posterior")]) == 0
+    assert main([*common, "-o", str(tmp_path / "mean"), "--at-mean"]) == 0
+    run = TrainedRun.load(trained.run)
+    posterior = run.latent_posterior_of(np.array([3, 0, 5]))
+    at_mean = write_coordinates(tmp_path / "m.npy", run.model, posterior.means, progress=False)
+    expected = write_coordinates(tmp_path / "p.npy", run.model, posterior.means, stds=posterior.stds, progress=False)
+    np.testing.assert_allclose(np.load(tmp_path / "mean" / "coords.npy"), at_mean, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "posterior" / "coords.npy"), expected, atol=1e-5)
+    assert not np.allclose(at_mean, expected, atol=1e-4)  # a 2-epoch run's posteriors are wide
 
 
 def map_grid(path: Path) -> tuple:

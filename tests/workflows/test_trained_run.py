@@ -116,3 +116,13 @@ def test_a_torch_file_that_is_not_a_checkpoint_is_an_input_error(trained, tmp_pa
     torch.save(trained.run.model.state_dict(), tmp_path / "weights.pt")
     with pytest.raises(InputError, match="weights.pt"):
         TrainedRun.load(trained.run_dir, tmp_path / "weights.pt")
+
+
+def test_the_latent_posterior_holds_the_means_and_the_encoders_stds(trained):
+    run = trained.run
+    posterior = run.latent_posterior(progress=False)
+    np.testing.assert_array_equal(posterior.means, run.latent_means(progress=False))
+    assert posterior.stds.shape == posterior.means.shape == (48, run.config.model.latent_dim)
+    some = run.latent_posterior_of(np.array([7, 2]))
+    np.testing.assert_allclose(some.stds, posterior.stds[[7, 2]], atol=1e-6)
+    assert np.all(posterior.stds > 0) and np.ptp(posterior.stds) > 0  # per image, from the encoder

@@ -1,4 +1,6 @@
-"""Decode the latent mean of chosen images into structures.
+"""Decode chosen images into structures: each image's expected structure under its latent posterior
+(the mean of the structures of 32 latent draws; --at-mean: the structure at the latent mean), or
+given latent points (--z).
 
 Always writes OUT/coords.npy (images x residues x 3, Å, float32, in the frame of the input model;
 images x atoms x 3 with --full-atom); with --format pdb or cif also one multi-model file
@@ -40,6 +42,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="checkpoint to use (default RUN/last.pt)")
     parser.add_argument("--indices", help="text file of 0-based particle indices (default: all particles)")
     parser.add_argument("--z", help=".npy file of latent points (M x D) to decode instead of particles")
+    parser.add_argument(
+        "--at-mean",
+        action="store_true",
+        help="decode each image's latent mean (default: its expected structure over the latent posterior, closer to the truth at high noise)",
+    )
     parser.add_argument("--full-atom", action="store_true", help="move every atom with its residue (default CA/C1' only)")
     parser.add_argument("--format", choices=("npy", "pdb", "cif"), default="npy", help="also write a multi-model file (default npy only)")
     parser.add_argument("--split", action="store_true", help="also write one mmCIF file per model in OUT/models/")
@@ -82,14 +89,17 @@ def _structures(args: argparse.Namespace, device, processes: Processes) -> None:
     run = TrainedRun.load(args.run, args.checkpoint, device)
     data = run.data
     out = Path(args.outdir)
+    stds = None
     if args.z is not None:
         z = read_latents(args.z, run.config.model.latent_dim)
     else:
-        z = run.latent_means(processes=processes)
+        posterior = run.latent_posterior(processes=processes)
+        z, stds = posterior.means, None if args.at_mean else posterior.stds
         if args.indices is not None:
-            z = z[read_indices(args.indices, len(z))]
+            chosen = read_indices(args.indices, len(z))
+            z, stds = z[chosen], None if stds is None else stds[chosen]
     atoms_of = data.structure if args.full_atom else None
-    coords = write_coordinates(out / "coords.npy", run.model, z, atoms_of=atoms_of, processes=processes)
+    coords = write_coordinates(out / "coords.npy", run.model, z, stds=stds, atoms_of=atoms_of, processes=processes)
     if not processes.is_main:
         return
     log.info("wrote %s %s", out / "coords.npy", tuple(coords.shape))

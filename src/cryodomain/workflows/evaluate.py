@@ -40,10 +40,11 @@ REFERENCES = ("baseline", "best_single", "rigid_limit")
 
 
 def _decode_run(run: str | Path, out: Path, checkpoint: str | None, device: str) -> tuple[TrainedRun, np.ndarray]:
-    """Load a run and decode every particle: ``(run, coords (M, R, 3) Å)`` (also in ``out/coords.npy``)."""
+    """Load a run and decode every particle's posterior-expected structure (the per-particle
+    structure of ``cryodomain structures``): ``(run, coords (M, R, 3) Å)``, also in ``out/coords.npy``."""
     trained = TrainedRun.load(run, checkpoint, resolve_device(device))
-    z = trained.latent_means()
-    return trained, write_coordinates(out / "coords.npy", trained.model, z)
+    posterior = trained.latent_posterior()
+    return trained, write_coordinates(out / "coords.npy", trained.model, posterior.means, stds=posterior.stds)
 
 
 def per_image_rmsd(predicted: np.ndarray, truth_coords: np.ndarray, conformation: np.ndarray) -> np.ndarray:

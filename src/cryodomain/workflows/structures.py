@@ -16,11 +16,23 @@ from cryodomain.model.deformation import deform_atoms
 from cryodomain.progress import progress_bar
 from cryodomain.workflows.distributed import Processes, barrier, share
 
+# Latent draws per image for a posterior-expected structure: antithetic pairs, the same for every
+# image, so that the result depends neither on the batch size nor on the processes.
+POSTERIOR_SAMPLES = 32
+POSTERIOR_SEED = 0
+
+
+def posterior_draws(latent_dim: int, samples: int = POSTERIOR_SAMPLES) -> torch.Tensor:
+    """Fixed standard-normal draws ``(S, D)``: ``S / 2`` seeded draws and their negatives (mean exactly 0)."""
+    half = torch.randn((samples + 1) // 2, latent_dim, generator=torch.Generator().manual_seed(POSTERIOR_SEED))
+    return torch.cat([half, -half])[:samples]
+
 
 def decode_batches(
     model: CryoSphere,
     z: np.ndarray,
     *,
+    stds: np.ndarray | None = None,
     atoms_of: AtomicModel | None = None,
     gaussians: bool = False,
     batch_size: int = 128,
@@ -32,26 +44,49 @@ def decode_batches(
     moves with its residue's rigid transform), or with ``gaussians`` the ``(b, R, 3)`` positions of
     the residue Gaussians (for maps), in Å in the frame of the input model. The
     segmentation's variational means are used (no sampling).
+
+    With ``stds`` ``(M, D)``, ``z`` and ``stds`` are each image's posterior and the structure is its
+    expectation under it: the mean of the structures at ``z + stds * e`` over the
+    :func:`posterior_draws` ``e``. That is the estimate of least expected squared error; where an
+    image says little (high noise) it leans towards the structures the other images support, where
+    decoding the mean would not (benchmarks/RESULTS.md, "Per-particle structures").
     """
     device = model.base_coords.device
     if atoms_of is not None:
         atom_points = torch.as_tensor(atoms_of.atom_coords, dtype=torch.float32, device=device)
         atom_index = torch.as_tensor(atoms_of.atom_residue_index, device=device)
+
+    def structures(latents: torch.Tensor) -> torch.Tensor:
+        deformation = model.decode(latents, sample_segmentation=False)
+        if atoms_of is not None:
+            return deform_atoms(atom_points, atom_index, deformation.rotations, deformation.translations)
+        return deformation.render_coords if gaussians else deformation.coords
+
+    draws = None if stds is None else posterior_draws(z.shape[1]).to(device)
     with torch.no_grad():
         for start in progress_bar(range(0, len(z), batch_size), "structures", enabled=progress):
             rows = slice(start, min(start + batch_size, len(z)))
-            deformation = model.decode(torch.as_tensor(z[rows], dtype=torch.float32, device=device), sample_segmentation=False)
-            coords = deformation.render_coords if gaussians else deformation.coords
-            if atoms_of is not None:
-                coords = deform_atoms(atom_points, atom_index, deformation.rotations, deformation.translations)
+            mean = torch.as_tensor(z[rows], dtype=torch.float32, device=device)
+            if draws is None:
+                coords = structures(mean)
+            else:
+                std = torch.as_tensor(stds[rows], dtype=torch.float32, device=device)
+                coords = sum(structures(mean + std * draw) for draw in draws) / len(draws)
             yield rows, coords.cpu().numpy().astype(np.float32)
 
 
 def write_coordinates(
-    path: Path, model: CryoSphere, z: np.ndarray, *, atoms_of: AtomicModel | None = None, progress: bool = True, processes: Processes = Processes()
+    path: Path,
+    model: CryoSphere,
+    z: np.ndarray,
+    *,
+    stds: np.ndarray | None = None,
+    atoms_of: AtomicModel | None = None,
+    progress: bool = True,
+    processes: Processes = Processes(),
 ) -> np.ndarray:
-    """Decode ``z`` into ``path`` (``.npy`` ``(M, R or A, 3)`` float32), streamed batch by batch;
-    returns the file memory-mapped.
+    """Decode ``z`` (with ``stds``: the posteriors, see :func:`decode_batches`) into ``path``
+    (``.npy`` ``(M, R or A, 3)`` float32), streamed batch by batch; returns the file memory-mapped.
 
     With several processes (torchrun) each decodes a contiguous share of ``z`` into the same file;
     the main process creates it under a temporary name and renames it when all are done, so the
@@ -67,7 +102,9 @@ def write_coordinates(
     out = np.load(partial, mmap_mode="r+")
     mine = share(len(z), processes)
     try:
-        for rows, coords in decode_batches(model, z[mine], atoms_of=atoms_of, progress=progress and processes.is_main):
+        for rows, coords in decode_batches(
+            model, z[mine], stds=None if stds is None else stds[mine], atoms_of=atoms_of, progress=progress and processes.is_main
+        ):
             out[mine.start + rows.start : mine.start + rows.stop] = coords
         out.flush()
         del out

@@ -34,6 +34,14 @@ def kept_checkpoints(run_dir: Path) -> str:
 
 
 @dataclass(frozen=True)
+class LatentPosterior:
+    """The encoder's Gaussian posterior ``q(z | image)`` of M images: ``means``, ``stds`` ``(M, D)`` float32."""
+
+    means: np.ndarray
+    stds: np.ndarray
+
+
+@dataclass(frozen=True)
 class TrainedRun:
     """A run's model at one checkpoint, with the configuration, inputs and data scale it was trained with.
 
@@ -98,24 +106,34 @@ class TrainedRun:
         return build_context(self.model, self.data, self.config, self.scale, self.device)
 
     def latent_means(self, batch_size: int = 256, progress: bool = True, processes: Processes = Processes()) -> np.ndarray:
-        """Latent mean of every image, in particle order: ``(N, D)`` float32.
+        """Latent mean of every image, in particle order: ``(N, D)`` float32 (see :meth:`latent_posterior`)."""
+        return self.latent_posterior(batch_size, progress, processes).means
+
+    def latent_posterior(self, batch_size: int = 256, progress: bool = True, processes: Processes = Processes()) -> LatentPosterior:
+        """The encoder's posterior of every image, in particle order.
 
         With several processes (torchrun), each encodes a contiguous share of the particles and
-        every process gets the whole array back, in particle order.
+        every process gets the whole arrays back, in particle order.
         """
         mine = share(len(self.data.table), processes)
-        out = self.latent_means_of(np.arange(mine.start, mine.stop), batch_size, progress and processes.is_main)
-        return gather_in_order(out, processes)
+        mine_posterior = self.latent_posterior_of(np.arange(mine.start, mine.stop), batch_size, progress and processes.is_main)
+        return LatentPosterior(gather_in_order(mine_posterior.means, processes), gather_in_order(mine_posterior.stds, processes))
 
     def latent_means_of(self, indices: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
         """Latent means of the particles ``indices`` ``(M,)``, in that order: ``(M, D)`` float32."""
+        return self.latent_posterior_of(indices, batch_size, progress).means
+
+    def latent_posterior_of(self, indices: np.ndarray, batch_size: int = 256, progress: bool = False) -> LatentPosterior:
+        """The posterior of the particles ``indices`` ``(M,)``, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices), self.config.model.latent_dim), dtype=np.float32)
+        shape = (len(indices), self.config.model.latent_dim)
+        means, stds = np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)
         with torch.no_grad():
             for start in progress_bar(range(0, len(indices), batch_size), "latents", enabled=progress):
                 batch = self.data.dataset[indices[start : start + batch_size].tolist()]
                 encoder_input, _, _ = encoder_inputs(self.model, batch, self.data.table, self.context)
                 poses = batch["rotations"].to(self.device)
-                mean, _ = self.model.encode(encoder_input, batch["index"].to(self.device), poses)
-                out[start : start + len(mean)] = mean.cpu().numpy()
-        return out
+                mean, std = self.model.encode(encoder_input, batch["index"].to(self.device), poses)
+                means[start : start + len(mean)] = mean.cpu().numpy()
+                stds[start : start + len(mean)] = std.cpu().numpy()
+        return LatentPosterior(means, stds)
