@@ -46,9 +46,17 @@ class SegmentValues(_Strict):
     proportion_std: PositiveFloat = DEFAULT_PROPORTION_STD
 
 
-# Start values of a segmentation: the uniform layout with stds of one residue (and 0.1 on the
-# logits), so that each image sees the boundaries where they are; the prior keeps 10 / 10 / 1.
-START_VALUES = SegmentValues(centre_std=1.0, width_std=1.0, proportion_std=0.1)
+class StartValues(SegmentValues):
+    """Start values of a segmentation: stds of one residue (and 0.1 on the logits), so that each
+    image sees the boundaries where they are; the prior keeps 10 / 10 / 1. A configuration that
+    gives only ``centres`` and ``widths`` gets these stds too (not the prior's)."""
+
+    centre_std: PositiveFloat = 1.0
+    width_std: PositiveFloat = 1.0
+    proportion_std: PositiveFloat = 0.1
+
+
+START_VALUES = StartValues()
 
 
 class Part(_Strict):
@@ -58,7 +66,7 @@ class Part(_Strict):
     first_residue: int | None = None
     last_residue: int | None = None
     n_segments: PositiveInt
-    init: SegmentValues = START_VALUES
+    init: StartValues = START_VALUES
     prior: Literal["uniform"] | SegmentValues = "uniform"
 
     @model_validator(mode="after")
@@ -105,7 +113,7 @@ class ModelConfig(_Strict):
     # RESULTS.md "Accuracy: the width"; the published model uses 2.0).
     sigma_A: PositiveFloat = 2.0
     # Start values of the whole model's segmentation (when no parts are given).
-    init: SegmentValues = START_VALUES
+    init: StartValues = START_VALUES
     rotate_about: Literal["origin", "segment"] = "segment"
     # Learn the segmentation's variational stds (else they stay at their start values, init.*_std).
     learn_segment_stds: bool = False
