@@ -126,6 +126,7 @@ def test_defaults_are_the_measured_best_settings():
     assert config.model.encoder_input == "residual" and config.model.encoder_pose and not config.model.learn_segment_stds
     assert config.model.init.centre_std == 1.0 and config.model.n_segments == 16 and config.model.latent_dim == 4
     assert config.data.lowpass_A == 10.0 and config.optim.lr_schedule == "cosine" and config.optim.batch_size == 32
+    assert config.loss.latent_kl.value == 4.0 and load_config(None, preset="paper").loss.latent_kl.value == 1.0
     # The parts of a segmentation start with the same small stds.
     assert load_config(None, {"model.parts": [{"chain": "A", "n_segments": 2}]}).model.parts[0].init.width_std == 1.0
 
