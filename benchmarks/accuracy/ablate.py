@@ -2,8 +2,10 @@
 
 The runs behind the "Accuracy: what the defaults are made of" table of benchmarks/RESULTS.md
 (2000 images of a conformation series, 64 px at 2 Å, every atom rendered, seed 100 + seed, the
-given config plus JSON overrides), one JSON line each in /tmp/exp/results.jsonl. The series come
-from make_conformations.py (default folder /tmp/cryodomain_accuracy/conformations).
+given config plus JSON overrides), one JSON line each in /tmp/exp/results.jsonl. Each run is
+scored by the posterior's expected structures (``run``, as ``cryodomain structures`` decodes) and
+by the structures at the latent means (``at_mean``). The series come from make_conformations.py
+(default folder /tmp/cryodomain_accuracy/conformations).
 
     .venv/bin/python benchmarks/accuracy/ablate.py hinge inf NAME --config C.yaml --set '{"optim.epochs": 40}'
 """
@@ -16,11 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cryodomain.workflows.config import load_config
-from cryodomain.workflows.evaluate import evaluate_run
+from cryodomain.workflows.evaluate import evaluate_run, load_truth, per_image_rmsd
 from cryodomain.workflows.simulate import SimulationSettings, simulate
 from cryodomain.workflows.train import train
+from cryodomain.workflows.trained_run import TrainedRun
 
 CONF = Path("/tmp/cryodomain_accuracy/conformations")
 p = argparse.ArgumentParser()
@@ -50,6 +54,13 @@ t0 = time.time()
 train(sim / "particles.star", CONF / f"{a.dataset}_state0.pdb", run, config, force=True, progress=False)
 t_train = time.time() - t0
 summary = evaluate_run(run, sim / "truth.npz", run / "eval", map_images=0)
+# The same run decoded at each image's latent mean (`cryodomain structures --at-mean`), for comparison.
+trained = TrainedRun.load(run)
+everyone = np.arange(len(trained.data.table))
+with torch.no_grad():
+    z = torch.as_tensor(trained.latent_means_of(everyone))
+    at_mean = np.concatenate([trained.model.decode(chunk, sample_segmentation=False).coords.double().numpy() for chunk in z.split(256)])
+truth_coords, conformation = load_truth(sim / "truth.npz", len(everyone), at_mean.shape[1])
 
 rows = list(csv.DictReader(open(run / "metrics.csv")))
 corr = [float(r["correlation"]) for r in rows]
@@ -65,6 +76,7 @@ out = {
     "config": a.config,
     "run": summary["rmsd_A"]["median"],
     "p90": summary["rmsd_A"]["p90"],
+    "at_mean": float(np.median(per_image_rmsd(at_mean, np.asarray(truth_coords, dtype=np.float64), conformation))),
     "limit": ref["rigid_limit"]["rmsd_A"]["median"],
     "single": ref["best_single"]["rmsd_A"]["median"],
     "base": ref["baseline"]["rmsd_A"]["median"],
