@@ -150,7 +150,6 @@ def test_yaml_then_flags_override(tmp_path):
     assert config.model.parts[0].chain == "A" and config.model.parts[0].n_segments == 3
 
 
-
 def test_start_values_given_in_a_file_keep_the_start_stds(tmp_path):
     # Giving only centres and widths must not bring back the prior's 10-residue jitter.
     path = tmp_path / "c.yaml"
@@ -163,6 +162,7 @@ def test_start_values_given_in_a_file_keep_the_start_stds(tmp_path):
         assert (values.centre_std, values.width_std, values.proportion_std) == (1.0, 1.0, 0.1)
     prior = config.model.parts[0].prior
     assert (prior.centre_std, prior.width_std, prior.proportion_std) == (10.0, 10.0, 1.0)
+
 
 def test_resolved_config_round_trips(tmp_path):
     config = load_config(None, {"optim.seed": 5, "model.n_segments": 4})
