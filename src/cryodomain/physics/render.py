@@ -184,12 +184,15 @@ def project_gaussians_spectrum(
     points: Tensor, amplitudes: Tensor, sigma_A: float | Tensor, ky: Tensor, kx: Tensor, pixel_size_A: float, origin_A: float
 ) -> Tensor:
     """The ``rfft2`` of :func:`project_gaussians`' images at a rectangle of frequencies, computed
-    directly: per image one ``(2 Ky x R) @ (R x 2 Kx)`` real matrix product.
+    directly: per image one ``(2 K|y| x R) @ (R x 2 Kx)`` real matrix product.
 
     Separability carries over to Fourier space: ``F[q, p] = sum_i A_i Y_i(ky_q) X_i(kx_p)`` with
     ``X``, ``Y`` from :func:`gaussian_spectra`; with ``Y = Yc + i Ys`` and ``X = Xc + i Xs`` one
-    product of the stacked real and imaginary parts gives all four ``Y X`` blocks. For a band of
-    frequencies smaller than the grid (a low-pass) this is cheaper than projecting on every pixel.
+    product of the stacked real and imaginary parts gives all four ``Y X`` blocks. A profile is
+    real, so ``Y(-ky) = conj Y(ky)``: the product runs over the K|y| distinct ``|ky|`` only, about
+    half the rows of a low-pass band, and a row at ``-ky`` takes the blocks of ``|ky|`` with the
+    sign of ``Ys`` flipped. For a band of frequencies smaller than the grid (a low-pass) this is
+    cheaper than projecting on every pixel.
     Equal to ``rfft2(project_gaussians(...))`` there for Gaussians inside the box (the images are
     periodic, so a Gaussian crossing the edge wraps around instead of being cut).
 
@@ -205,11 +208,15 @@ def project_gaussians_spectrum(
         complex ``(B, Ky, Kx)``.
     """
     along_x = gaussian_spectra(points[..., 0], kx, sigma_A, pixel_size_A, origin_A) * amplitudes.to(points.dtype).unsqueeze(-1)
-    along_y = gaussian_spectra(points[..., 1], ky, sigma_A, pixel_size_A, origin_A)
-    blocks = torch.matmul(along_y.transpose(-1, -2), along_x)  # (B, 2 Ky, 2 Kx)
-    rows, columns = ky.shape[0], kx.shape[0]
-    real = blocks[..., :rows, :columns] - blocks[..., rows:, columns:]
-    imaginary = blocks[..., :rows, columns:] + blocks[..., rows:, :columns]
+    magnitudes, row_of = torch.unique(ky.abs(), return_inverse=True)
+    along_y = gaussian_spectra(points[..., 1], magnitudes, sigma_A, pixel_size_A, origin_A)
+    blocks = torch.matmul(along_y.transpose(-1, -2), along_x)  # (B, 2 K|y|, 2 Kx)
+    rows, columns = magnitudes.shape[0], kx.shape[0]
+    cos_cos, cos_sin = blocks[..., :rows, :columns], blocks[..., :rows, columns:]
+    sin_cos, sin_sin = blocks[..., rows:, :columns], blocks[..., rows:, columns:]
+    sign = torch.where(ky < 0, -1.0, 1.0).to(blocks.dtype).unsqueeze(-1)  # (Ky, 1): the sign of Ys
+    real = cos_cos.index_select(-2, row_of) - sign * sin_sin.index_select(-2, row_of)
+    imaginary = cos_sin.index_select(-2, row_of) + sign * sin_cos.index_select(-2, row_of)
     return torch.complex(real, imaginary)
 
 
