@@ -124,11 +124,13 @@ def test_defaults_are_the_measured_best_settings():
     assert config.model.gaussian_at == "split" and config.model.gaussian_width == "atoms" and config.model.sigma_A == 2.0
     assert config.model.tau == 0.2 and config.loss.clash.value == 0.01 and config.model.rotate_about == "segment"
     assert config.model.encoder_input == "residual" and config.model.encoder_pose and not config.model.learn_segment_stds
-    assert config.model.init.centre_std == 1.0 and config.model.n_segments == 16 and config.model.latent_dim == 4
-    assert config.data.lowpass_A == 10.0 and config.optim.lr_schedule == "cosine" and config.optim.batch_size == 32
+    assert config.model.init.centre_std == 0.1 and config.model.init.width_std == 0.1 and config.model.init.proportion_std == 0.01
+    assert config.model.n_segments == 16 and config.model.latent_dim == 4
+    assert config.data.lowpass_A == 10.0 and config.data.lowpass_final_A == 6.0
+    assert config.optim.lr_schedule == "cosine" and config.optim.batch_size == 32
     assert config.loss.latent_kl.value == 4.0 and load_config(None, preset="paper").loss.latent_kl.value == 1.0
     # The parts of a segmentation start with the same small stds.
-    assert load_config(None, {"model.parts": [{"chain": "A", "n_segments": 2}]}).model.parts[0].init.width_std == 1.0
+    assert load_config(None, {"model.parts": [{"chain": "A", "n_segments": 2}]}).model.parts[0].init.width_std == 0.1
 
 
 def test_default_epochs_follow_the_data_size():
@@ -159,7 +161,7 @@ def test_start_values_given_in_a_file_keep_the_start_stds(tmp_path):
     )
     config = load_config(path, {})
     for values in (config.model.init, config.model.parts[0].init):
-        assert (values.centre_std, values.width_std, values.proportion_std) == (1.0, 1.0, 0.1)
+        assert (values.centre_std, values.width_std, values.proportion_std) == (0.1, 0.1, 0.01)
     prior = config.model.parts[0].prior
     assert (prior.centre_std, prior.width_std, prior.proportion_std) == (10.0, 10.0, 1.0)
 

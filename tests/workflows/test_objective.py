@@ -34,7 +34,7 @@ BATCH, LATENT_DIM, SEGMENTS = 4, 2, 3
 @pytest.fixture(scope="module")
 def setup(tiny_simulation, tiny_config_overrides):
     """An untrained model with perturbed parameters (so that every term is non-zero) and one batch."""
-    config = load_config(None, {**tiny_config_overrides, "data.lowpass_A": 12.0, "data.mask_radius_fraction": 0.9})
+    config = load_config(None, {**tiny_config_overrides, "data.lowpass_A": 12.0, "data.lowpass_final_A": 12.0, "data.mask_radius_fraction": 0.9})
     data = load_training_data(tiny_simulation["star"], STATE_A, config)
     torch.manual_seed(0)
     model = build_model(data, config)
@@ -183,4 +183,20 @@ def test_coarse_to_fine_lowpass_moves_linearly_in_frequency_and_then_stays():
     assert lowpass_at(config, 5) == pytest.approx(1 / 0.15)
     assert lowpass_at(config, 10) == pytest.approx(5.0) and lowpass_at(config, 19) == pytest.approx(5.0)
     assert lowpass_at(config) == pytest.approx(5.0)
-    assert lowpass_at(load_config(None, {"data.lowpass_A": 8.0, "optim.epochs": 3}), 1) == 8.0
+    assert lowpass_at(load_config(None, {"data.lowpass_A": 8.0, "data.lowpass_final_A": 8.0, "optim.epochs": 3}), 1) == 8.0
+    # A final resolution not finer than the start keeps the start (no fine-to-coarse schedule).
+    assert lowpass_at(load_config(None, {"data.lowpass_A": 5.0, "optim.epochs": 3}), 2) == 5.0
+    # The default goes from 10 to 6 Å over three quarters of the epochs.
+    default = load_config(None, {"optim.epochs": 40})
+    assert lowpass_at(default, 0) == pytest.approx(10.0) and lowpass_at(default, 30) == pytest.approx(6.0)
+
+
+def test_each_epochs_context_has_that_epochs_lowpass_and_the_last_is_the_built_one(setup):
+    from cryodomain.workflows.objective import context_at
+
+    config = load_config(None, {"data.lowpass_A": 12.0, "data.lowpass_final_A": 8.0, "optim.epochs": 4})
+    context = build_context(setup.model, setup.data, config, 2.0, torch.device("cpu"))
+    expected = ImageFrame.build(setup.data.box, setup.data.pixel_size_A, lowpass_A=12.0).lowpass
+    torch.testing.assert_close(context_at(context, config, 0).frame.lowpass, expected)
+    assert context_at(context, config, 3) is context
+    torch.testing.assert_close(context.frame.lowpass, ImageFrame.build(setup.data.box, setup.data.pixel_size_A, lowpass_A=8.0).lowpass)

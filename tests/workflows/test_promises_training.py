@@ -69,7 +69,7 @@ def test_the_lowpass_filters_the_images_the_encoder_sees_the_targets_and_the_mod
     resolution = 12.0  # Å, inside the 8 Å Nyquist of the 4 Å pixels
     shares = {}
     for lowpass in (resolution, None):
-        s = setup(tiny_simulation, tiny_config_overrides, lowpass_A=lowpass)
+        s = setup(tiny_simulation, tiny_config_overrides, lowpass_A=lowpass, lowpass_final_A=None)
         with torch.no_grad():
             seen = model_images(s.model, s.batch, s.data.table, s.context, sample=False)
             encoder_input, _, _ = objective_module.encoder_inputs(s.model, s.batch, s.data.table, s.context)

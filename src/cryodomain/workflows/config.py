@@ -47,13 +47,15 @@ class SegmentValues(_Strict):
 
 
 class StartValues(SegmentValues):
-    """Start values of a segmentation: stds of one residue (and 0.1 on the logits), so that each
-    image sees the boundaries where they are; the prior keeps 10 / 10 / 1. A configuration that
-    gives only ``centres`` and ``widths`` gets these stds too (not the prior's)."""
+    """Start values of a segmentation: stds of a tenth of a residue (and 0.01 on the logits), so
+    that each image sees the boundaries where they are (one residue measured 7 % worse on the
+    normal modes, RESULTS.md "Accuracy: sharper sampled boundaries and a finer low-pass"); the prior
+    keeps 10 / 10 / 1. A configuration that gives only ``centres`` and ``widths`` gets these stds
+    too (not the prior's)."""
 
-    centre_std: PositiveFloat = 1.0
-    width_std: PositiveFloat = 1.0
-    proportion_std: PositiveFloat = 0.1
+    centre_std: PositiveFloat = 0.1
+    width_std: PositiveFloat = 0.1
+    proportion_std: PositiveFloat = 0.01
 
 
 START_VALUES = StartValues()
@@ -169,8 +171,10 @@ class DataConfig(_Strict):
     centre_encoder_input: bool = True
     lowpass_A: PositiveFloat | None = 10.0
     # Coarse to fine: the low-pass moves (linearly in frequency) from lowpass_A to this resolution
-    # over the first lowpass_fraction of the epochs, then stays; None keeps lowpass_A throughout.
-    lowpass_final_A: PositiveFloat | None = None
+    # over the first lowpass_fraction of the epochs, then stays; None, or a value not finer than
+    # lowpass_A, keeps lowpass_A throughout. 6 Å: 10-15 % better than staying at 10 Å on every
+    # series and noise level measured (RESULTS.md).
+    lowpass_final_A: PositiveFloat | None = 6.0
     lowpass_fraction: float = Field(0.75, gt=0.0, le=1.0)
     mask_radius_fraction: float | None = Field(None, gt=0.0, le=1.0)
     normalization_sample: PositiveInt = 1000

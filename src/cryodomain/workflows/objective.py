@@ -117,19 +117,21 @@ def lowpass_at(config: RunConfig, epoch: float | None = None) -> float | None:
     """The low-pass resolution (Å) at ``epoch``, or at the end of training when None.
 
     Coarse to fine when ``data.lowpass_final_A`` is set: linear in frequency from ``lowpass_A`` to
-    it over the first ``lowpass_fraction`` of the epochs.
+    it over the first ``lowpass_fraction`` of the epochs (a final resolution not finer than
+    ``lowpass_A`` keeps ``lowpass_A``).
     """
     start, final = config.data.lowpass_A, config.data.lowpass_final_A
-    if start is None or final is None:
+    if start is None or final is None or final >= start:
         return start
     progress = 1.0 if epoch is None else min(epoch / (config.data.lowpass_fraction * config.optim.epochs), 1.0)
     return 1.0 / ((1.0 - progress) / start + progress / final)
 
 
 def context_at(context: StepContext, config: RunConfig, epoch: int) -> StepContext:
-    """``context`` with the low-pass filter of ``epoch`` (the same object when it does not change)."""
+    """``context`` (built with the final low-pass) with the low-pass filter of ``epoch`` (the same
+    object when that is the final one)."""
     resolution = lowpass_at(config, epoch)
-    if config.data.lowpass_final_A is None or resolution is None:
+    if resolution == lowpass_at(config):
         return context
     frame = context.frame.with_lowpass(resolution)
     return dataclasses.replace(context, preprocess=dataclasses.replace(context.preprocess, frame=frame))
