@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cryodomain.physics.render import (
+    fold_rows,
     gaussian_profiles,
     gaussian_spectra,
     pixel_coordinates,
@@ -169,6 +170,15 @@ def test_spectrum_projection_is_the_rfft2_of_the_pixel_projection(box):
         spectrum = project_gaussians_spectrum(points, amplitudes, sigma, ky, kx, pixel_size, box // 2 * pixel_size)
         assert spectrum.shape == expected.shape and spectrum.is_complex()
         torch.testing.assert_close(spectrum, expected, rtol=0, atol=1e-7 * float(expected.abs().max()))
+        folded = project_gaussians_spectrum(points, amplitudes, sigma, fold_rows(ky), kx, pixel_size, box // 2 * pixel_size)
+        torch.testing.assert_close(folded, spectrum, rtol=0, atol=0)
+
+
+def test_fold_rows_recovers_the_rows_from_their_distinct_magnitudes():
+    ky = torch.fft.fftfreq(9, d=2.0, dtype=torch.float64)
+    fold = fold_rows(ky)
+    assert fold.magnitudes.numel() == 5 and bool((fold.magnitudes >= 0).all())
+    torch.testing.assert_close(fold.sign.squeeze(-1) * fold.magnitudes[fold.row_of], ky, rtol=0, atol=0)
 
 
 def test_spectrum_gradient_matches_finite_differences():

@@ -16,7 +16,14 @@ from torch import Tensor
 
 from cryodomain.physics.fourier import apply_fourier_filter, frequency_grid, lowpass_filter, shift_filter
 from cryodomain.physics.masks import circular_mask
-from cryodomain.physics.render import pixel_coordinates, project_gaussians, project_gaussians_spectrum, rotate_points
+from cryodomain.physics.render import (
+    RowFold,
+    fold_rows,
+    pixel_coordinates,
+    project_gaussians,
+    project_gaussians_spectrum,
+    rotate_points,
+)
 
 # Raised-cosine edge of the circular mask, pixels.
 MASK_SOFT_EDGE_PX = 3.0
@@ -34,12 +41,15 @@ class SpectralBand:
         columns: the first ``Kx`` columns (``rfftfreq`` order) hold every nonzero frequency.
         freqs: ``(Ky, Kx, 2)`` the band's frequencies (kx, ky), 1/Å.
         lowpass: ``(Ky, Kx)`` the low-pass filter on the band.
+        fold: the rows folded onto their distinct ``|ky|`` (:func:`fold_rows`), computed once here
+            because it waits for the device.
     """
 
     rows: Tensor
     columns: int
     freqs: Tensor
     lowpass: Tensor
+    fold: RowFold
 
     @property
     def kx(self) -> Tensor:
@@ -59,7 +69,8 @@ class SpectralBand:
         columns = int(torch.nonzero(support.any(dim=0)).max()) + 1 if bool(support.any()) else 1
         if rows.numel() * columns >= BAND_FRACTION * lowpass.numel():
             return None
-        return cls(rows, columns, freqs[rows, :columns], lowpass[rows, :columns])
+        band_freqs = freqs[rows, :columns]
+        return cls(rows, columns, band_freqs, lowpass[rows, :columns], fold_rows(band_freqs[:, 0, 1]))
 
     def restrict(self, spectrum: Tensor) -> Tensor:
         """``(..., N, N // 2 + 1)`` -> ``(..., Ky, Kx)``: the band's entries."""
@@ -158,7 +169,7 @@ def form_images(
     view = rotate_points(rotations, points)
     if frame.band is not None:
         band = frame.band
-        spectrum = project_gaussians_spectrum(view, amplitudes, sigma_A, band.ky, band.kx, frame.pixel_size_A, frame.box // 2 * frame.pixel_size_A)
+        spectrum = project_gaussians_spectrum(view, amplitudes, sigma_A, band.fold, band.kx, frame.pixel_size_A, frame.box // 2 * frame.pixel_size_A)
         band_filter = band.restrict(ctf) * band.lowpass
         if shifts_A is not None:
             band_filter = band_filter * shift_filter(shifts_A, band.freqs)

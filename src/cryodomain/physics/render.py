@@ -10,6 +10,7 @@ its line integral along z equals that projection.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -180,8 +181,37 @@ def gaussian_spectra(coordinates: Tensor, frequencies: Tensor, sigma_A: float | 
     return _GaussianSpectra.apply(coordinates, frequencies, magnitude, float(origin_A))
 
 
+class RowFold(NamedTuple):
+    """Rows ``ky`` folded onto their distinct magnitudes: ``ky = sign * magnitudes[row_of]``.
+
+    Attributes:
+        magnitudes: ``(K|y|,)`` the distinct ``|ky|``, 1/Å.
+        row_of: ``(Ky,)`` index into ``magnitudes`` of each row.
+        sign: ``(Ky, 1)`` -1 where ``ky < 0``, else 1.
+    """
+
+    magnitudes: Tensor
+    row_of: Tensor
+    sign: Tensor
+
+
+def fold_rows(ky: Tensor) -> RowFold:
+    """Fold ``(Ky,)`` row frequencies onto their distinct magnitudes (see :class:`RowFold`).
+
+    ``torch.unique`` waits for the device, so callers that form many images on one band fold once.
+    """
+    magnitudes, row_of = torch.unique(ky.abs(), return_inverse=True)
+    return RowFold(magnitudes, row_of, torch.where(ky < 0, -1.0, 1.0).to(ky.dtype).unsqueeze(-1))
+
+
 def project_gaussians_spectrum(
-    points: Tensor, amplitudes: Tensor, sigma_A: float | Tensor, ky: Tensor, kx: Tensor, pixel_size_A: float, origin_A: float
+    points: Tensor,
+    amplitudes: Tensor,
+    sigma_A: float | Tensor,
+    ky: Tensor | RowFold,
+    kx: Tensor,
+    pixel_size_A: float,
+    origin_A: float,
 ) -> Tensor:
     """The ``rfft2`` of :func:`project_gaussians`' images at a rectangle of frequencies, computed
     directly: per image one ``(2 K|y| x R) @ (R x 2 Kx)`` real matrix product.
@@ -200,7 +230,8 @@ def project_gaussians_spectrum(
         points: ``(B, R, 3)`` positions in the view frame, Å.
         amplitudes: ``(R,)`` or ``(B, R)`` amplitudes (electrons).
         sigma_A: Gaussian width in Å, or ``(R,)`` one per pseudo-atom.
-        ky: ``(Ky,)`` row frequencies, 1/Å; kx: ``(Kx,)`` column frequencies, 1/Å.
+        ky: ``(Ky,)`` row frequencies, 1/Å, or their :func:`fold_rows` (computed once per band);
+            kx: ``(Kx,)`` column frequencies, 1/Å.
         pixel_size_A: pixel size, Å.
         origin_A: ``N // 2 * pixel_size_A`` (pixel ``N // 2`` is at 0 Å).
 
@@ -208,13 +239,13 @@ def project_gaussians_spectrum(
         complex ``(B, Ky, Kx)``.
     """
     along_x = gaussian_spectra(points[..., 0], kx, sigma_A, pixel_size_A, origin_A) * amplitudes.to(points.dtype).unsqueeze(-1)
-    magnitudes, row_of = torch.unique(ky.abs(), return_inverse=True)
+    magnitudes, row_of, sign = ky if isinstance(ky, RowFold) else fold_rows(ky)
     along_y = gaussian_spectra(points[..., 1], magnitudes, sigma_A, pixel_size_A, origin_A)
     blocks = torch.matmul(along_y.transpose(-1, -2), along_x)  # (B, 2 K|y|, 2 Kx)
     rows, columns = magnitudes.shape[0], kx.shape[0]
     cos_cos, cos_sin = blocks[..., :rows, :columns], blocks[..., :rows, columns:]
     sin_cos, sin_sin = blocks[..., rows:, :columns], blocks[..., rows:, columns:]
-    sign = torch.where(ky < 0, -1.0, 1.0).to(blocks.dtype).unsqueeze(-1)  # (Ky, 1): the sign of Ys
+    sign = sign.to(blocks.dtype)  # the sign of Ys
     real = cos_cos.index_select(-2, row_of) - sign * sin_sin.index_select(-2, row_of)
     imaginary = cos_sin.index_select(-2, row_of) + sign * sin_cos.index_select(-2, row_of)
     return torch.complex(real, imaginary)
