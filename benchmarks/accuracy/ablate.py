@@ -38,6 +38,7 @@ p.add_argument("--set", default="{}")
 p.add_argument(
     "--atoms", choices=("all", "residue"), default="all", help="residue: the training model's own forward model (a CA Gaussian of 2.35 Å per residue)"
 )
+p.add_argument("--estimate", default="expected", help="how evaluate estimates each structure (the product's default is reweighted, slower)")
 a = p.parse_args()
 logging.basicConfig(level=logging.WARNING)
 matched = "_residue" if a.atoms == "residue" else ""
@@ -53,7 +54,7 @@ run = Path(f"/tmp/exp/runs/{a.dataset}_{a.snr:g}_{a.name}{matched}_s{a.seed}")
 t0 = time.time()
 train(sim / "particles.star", CONF / f"{a.dataset}_state0.pdb", run, config, force=True, progress=False)
 t_train = time.time() - t0
-summary = evaluate_run(run, sim / "truth.npz", run / "eval", map_images=0)
+summary = evaluate_run(run, sim / "truth.npz", run / "eval", map_images=0, estimate=a.estimate)
 # The same run decoded at each image's latent mean (`cryodomain structures --at-mean`), for comparison.
 trained = TrainedRun.load(run)
 everyone = np.arange(len(trained.data.table))
@@ -74,6 +75,7 @@ out = {
     "atoms": a.atoms,
     "set": overrides,
     "config": a.config,
+    "estimate": a.estimate,
     "run": summary["rmsd_A"]["median"],
     "p90": summary["rmsd_A"]["p90"],
     "at_mean": float(np.median(per_image_rmsd(at_mean, np.asarray(truth_coords, dtype=np.float64), conformation))),

@@ -27,7 +27,8 @@ from cryodomain.examples import STATE_A
 from cryodomain.io.poses import matrix_to_cryosparc_pose
 from cryodomain.io.star import read_star
 from cryodomain.workflows.config import load_config
-from cryodomain.workflows.structures import write_coordinates
+from cryodomain.workflows.reweighting import reweight
+from cryodomain.workflows.structures import DEFAULT_ESTIMATE, ESTIMATES, write_coordinates, write_particle_structures
 from cryodomain.workflows.train import train
 from cryodomain.workflows.trained_run import TrainedRun
 
@@ -116,24 +117,33 @@ def test_structures_decodes_with_the_checkpoint_given(tmp_path, trained):
     assert main(["structures", str(trained.run), "-o", str(tmp_path / "first"), "--checkpoint", str(trained.first), "--device", "cpu"]) == 0
     assert main(["structures", str(trained.run), "-o", str(tmp_path / "last"), "--device", "cpu"]) == 0
     first = TrainedRun.load(trained.run, trained.first)
-    posterior = first.latent_posterior(progress=False)
-    expected = write_coordinates(tmp_path / "expected.npy", first.model, posterior.means, stds=posterior.stds, progress=False)
+    expected = write_particle_structures(tmp_path / "expected.npy", first, DEFAULT_ESTIMATE, progress=False)
     np.testing.assert_allclose(np.load(tmp_path / "first" / "coords.npy"), expected, atol=1e-5)
     assert not np.allclose(np.load(tmp_path / "first" / "coords.npy"), np.load(tmp_path / "last" / "coords.npy"), atol=1e-5)
 
 
-def test_structures_decodes_each_posterior_or_with_at_mean_the_latent_mean(tmp_path, trained):
+def test_structures_estimates_each_image_by_likelihood_by_its_posterior_or_at_its_latent_mean(tmp_path, trained):
     np.savetxt(tmp_path / "chosen.txt", [3, 0, 5], fmt="%d")
     common = ["structures", str(trained.run), "--indices", str(tmp_path / "chosen.txt"), "--device", "cpu"]
-    assert main([*common, "-o", str(tmp_path / "posterior")]) == 0
-    assert main([*common, "-o", str(tmp_path / "mean"), "--at-mean"]) == 0
+    assert main([*common, "-o", str(tmp_path / "default")]) == 0
+    for estimate in ESTIMATES:
+        assert main([*common, "-o", str(tmp_path / estimate), "--estimate", estimate]) == 0
+    assert main([*common, "-o", str(tmp_path / "at_mean"), "--at-mean"]) == 0
     run = TrainedRun.load(trained.run)
-    posterior = run.latent_posterior_of(np.array([3, 0, 5]))
-    at_mean = write_coordinates(tmp_path / "m.npy", run.model, posterior.means, progress=False)
-    expected = write_coordinates(tmp_path / "p.npy", run.model, posterior.means, stds=posterior.stds, progress=False)
-    np.testing.assert_allclose(np.load(tmp_path / "mean" / "coords.npy"), at_mean, atol=1e-5)
-    np.testing.assert_allclose(np.load(tmp_path / "posterior" / "coords.npy"), expected, atol=1e-5)
+    chosen = np.array([3, 0, 5])
+    posterior = run.latent_posterior(progress=False)
+    at_mean = write_coordinates(tmp_path / "m.npy", run.model, posterior.means[chosen], progress=False)
+    expected = write_coordinates(tmp_path / "p.npy", run.model, posterior.means[chosen], stds=posterior.stds[chosen], progress=False)
+    weights = reweight(run, posterior, chosen, progress=False)
+    reweighted = write_coordinates(tmp_path / "r.npy", run.model, posterior.means[chosen], reweighting=weights, progress=False)
+    written = {name: np.load(tmp_path / name / "coords.npy") for name in (*ESTIMATES, "default", "at_mean")}
+    np.testing.assert_allclose(written["mean"], at_mean, atol=1e-5)
+    np.testing.assert_allclose(written["at_mean"], at_mean, atol=1e-5)
+    np.testing.assert_allclose(written["expected"], expected, atol=1e-5)
+    np.testing.assert_allclose(written["reweighted"], reweighted, atol=1e-5)
+    np.testing.assert_allclose(written["default"], written[DEFAULT_ESTIMATE], atol=1e-6)
     assert not np.allclose(at_mean, expected, atol=1e-4)  # a 2-epoch run's posteriors are wide
+    assert not np.allclose(reweighted, expected, atol=1e-4)
 
 
 def map_grid(path: Path) -> tuple:

@@ -8,7 +8,9 @@ from cryodomain.commands.main import main
 from cryodomain.examples import STATE_A
 from cryodomain.workflows.config import load_config
 from cryodomain.workflows.evaluate import binned_table, conformation_bins, evaluate_run, per_image_rmsd
+from cryodomain.workflows.structures import DEFAULT_ESTIMATE, write_particle_structures
 from cryodomain.workflows.train import train
+from cryodomain.workflows.trained_run import TrainedRun
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,13 @@ def test_evaluate_writes_the_references_and_the_map_agreement(tmp_path, tiny_run
     assert len(rows) == 48
     assert list(rows[0]) == ["image", "conformation", "rmsd_A", "baseline_rmsd_A", "best_single_rmsd_A", "rigid_limit_rmsd_A"]
     assert json.loads((out / "summary.json").read_text()) == result
+    assert result["estimate"] == DEFAULT_ESTIMATE
+    # The run's structures are those of `cryodomain structures` with the same estimate.
+    coords = np.load(out / "coords.npy")
+    np.testing.assert_allclose(coords, write_particle_structures(tmp_path / "s.npy", TrainedRun.load(tiny_run), DEFAULT_ESTIMATE, progress=False), atol=1e-5)
+    truth = np.load(tiny_simulation["truth"])
+    rmsd = np.sqrt(((coords - truth["coords"][truth["conformation"]]) ** 2).sum(-1).mean(-1))
+    np.testing.assert_allclose([float(row["rmsd_A"]) for row in rows], rmsd, atol=1e-3)
     references = result["references"]
     assert set(references) == {"baseline", "best_single", "rigid_limit"}
     limit = references["rigid_limit"]
@@ -123,3 +132,11 @@ def test_bins_are_contiguous_and_cover_every_conformation():
 def test_a_negative_number_of_map_images_is_an_input_error(tmp_path, tiny_run, tiny_simulation, capsys):
     assert main(["evaluate", str(tiny_run), "--truth", str(tiny_simulation["truth"]), "-o", str(tmp_path / "e"), "--map-images", "-1"]) == 2
     assert "--map-images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "structures"])
+def test_a_number_of_anchors_below_one_is_an_input_error_naming_the_option(tmp_path, tiny_run, tiny_simulation, capsys, command):
+    extra = ["--truth", str(tiny_simulation["truth"])] if command == "evaluate" else []
+    assert main([command, str(tiny_run), *extra, "-o", str(tmp_path / "e"), "--anchors", "0"]) == 2
+    assert "--anchors" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

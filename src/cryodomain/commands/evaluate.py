@@ -21,6 +21,8 @@ from pathlib import Path
 
 from cryodomain.errors import input_error
 from cryodomain.workflows.evaluate import REFERENCES, evaluate_run
+from cryodomain.workflows.reweighting import ANCHORS
+from cryodomain.workflows.structures import DEFAULT_ESTIMATE, ESTIMATES
 
 _COLUMNS = ("run", *REFERENCES)
 
@@ -32,14 +34,27 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="checkpoint to use (default RUN/last.pt)")
     parser.add_argument("--map-images", type=int, default=100, help="images compared as maps by FSC (default 100; 0 skips)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images compared as maps (default 0)")
+    parser.add_argument(
+        "--estimate",
+        choices=ESTIMATES,
+        default=DEFAULT_ESTIMATE,
+        help=f"how each image's structure is estimated, as in cryodomain structures (default {DEFAULT_ESTIMATE})",
+    )
+    parser.add_argument(
+        "--anchors", type=int, default=ANCHORS, help=f"decoded structures each image is weighed over with --estimate reweighted (default {ANCHORS})"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
 def main(args: argparse.Namespace) -> None:
     if args.map_images < 0:
         raise input_error(None, "--map-images", f"must be >= 0, got {args.map_images}", "pass 0 to skip the maps")
+    if args.anchors < 1:
+        raise input_error(None, "--anchors", f"must be >= 1, got {args.anchors}", "pass a positive number of anchors")
     out = Path(args.outdir) if args.outdir else Path(args.run) / "evaluation"
-    result = evaluate_run(args.run, args.truth, out, args.checkpoint, args.device, map_images=args.map_images, seed=args.seed)
+    result = evaluate_run(
+        args.run, args.truth, out, args.checkpoint, args.device, map_images=args.map_images, seed=args.seed, estimate=args.estimate, n_anchors=args.anchors
+    )
     print(describe(result, out))
 
 
@@ -49,7 +64,7 @@ def _number(value: float | None, digits: int = 2) -> str:
 
 def describe(result: dict, out: Path) -> str:
     """The summary as a compact table for the terminal; the full detail is in the files."""
-    lines = [f"{result['n_images']} images, {result['n_conformations']} conformations; written to {out}"]
+    lines = [f"{result['n_images']} images, {result['n_conformations']} conformations, structures {result['estimate']}; written to {out}"]
     lines.append("median per-image RMSD (Å), no superposition:")
     lines.append(f"  {'conformations':>13} {'images':>6} {'run':>7} {'baseline':>8} {'best single':>11} {'rigid limit':>11}")
     rows = [

@@ -29,8 +29,9 @@ import torch
 from cryodomain.errors import input_error
 from cryodomain.io.structure_writer import write_structure
 from cryodomain.workflows.distributed import Processes, resolve_device, start, stop
+from cryodomain.workflows.reweighting import ANCHORS
 from cryodomain.workflows.structure_quality import quality_summary, write_quality
-from cryodomain.workflows.structures import write_coordinates, write_split_models
+from cryodomain.workflows.structures import DEFAULT_ESTIMATE, ESTIMATES, write_coordinates, write_particle_structures, write_split_models
 from cryodomain.workflows.trained_run import TrainedRun
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--indices", help="text file of 0-based particle indices (default: all particles)")
     parser.add_argument("--z", help=".npy file of latent points (M x D) to decode instead of particles")
     parser.add_argument(
-        "--at-mean",
-        action="store_true",
-        help="decode each image's latent mean (default: its expected structure over the latent posterior, closer to the truth at high noise)",
+        "--estimate",
+        choices=ESTIMATES,
+        default=DEFAULT_ESTIMATE,
+        help=f"how each image's structure is estimated (default {DEFAULT_ESTIMATE}): reweighted, the decoded structures weighed by the image's "
+        "likelihood; expected, the mean over its latent posterior; mean, decoded at its latent mean",
+    )
+    parser.add_argument("--at-mean", action="store_true", help="the same as --estimate mean")
+    parser.add_argument(
+        "--anchors", type=int, default=ANCHORS, help=f"decoded structures each image is weighed over with --estimate reweighted (default {ANCHORS})"
     )
     parser.add_argument("--full-atom", action="store_true", help="move every atom with its residue (default CA/C1' only)")
     parser.add_argument("--format", choices=("npy", "pdb", "cif"), default="npy", help="also write a multi-model file (default npy only)")
@@ -75,6 +82,8 @@ def read_latents(path: str | Path, latent_dim: int) -> np.ndarray:
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.anchors < 1:
+        raise input_error(None, "--anchors", f"must be >= 1, got {args.anchors}", "pass a positive number of anchors")
     device = resolve_device(args.device)
     processes = start(device.type)
     try:
@@ -89,17 +98,14 @@ def _structures(args: argparse.Namespace, device, processes: Processes) -> None:
     run = TrainedRun.load(args.run, args.checkpoint, device)
     data = run.data
     out = Path(args.outdir)
-    stds = None
+    atoms_of = data.structure if args.full_atom else None
     if args.z is not None:
         z = read_latents(args.z, run.config.model.latent_dim)
+        coords = write_coordinates(out / "coords.npy", run.model, z, atoms_of=atoms_of, processes=processes)
     else:
-        posterior = run.latent_posterior(processes=processes)
-        z, stds = posterior.means, None if args.at_mean else posterior.stds
-        if args.indices is not None:
-            chosen = read_indices(args.indices, len(z))
-            z, stds = z[chosen], None if stds is None else stds[chosen]
-    atoms_of = data.structure if args.full_atom else None
-    coords = write_coordinates(out / "coords.npy", run.model, z, stds=stds, atoms_of=atoms_of, processes=processes)
+        chosen = None if args.indices is None else read_indices(args.indices, len(data.table))
+        estimate = "mean" if args.at_mean else args.estimate
+        coords = write_particle_structures(out / "coords.npy", run, estimate, chosen, atoms_of=atoms_of, n_anchors=args.anchors, processes=processes)
     if not processes.is_main:
         return
     log.info("wrote %s %s", out / "coords.npy", tuple(coords.shape))

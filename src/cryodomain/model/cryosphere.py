@@ -125,14 +125,20 @@ class CryoSphere(nn.Module):
         if self.rotate_about == "segment":
             about_origin = pivot_translations(memberships, rotvecs, translations, self.base_coords)
         residue_rotations, residue_translations = residue_transforms(memberships, rotvecs, about_origin)
-        coords = deform_points(self.base_coords, residue_rotations, residue_translations)
-        render = coords
+        coords, render = self.place(residue_rotations, residue_translations)
+        return Deformation(coords, render, residue_rotations, residue_translations, memberships, rotvecs, translations)
+
+    def place(self, rotations: Tensor, translations: Tensor) -> tuple[Tensor, Tensor]:
+        """Residues and Gaussians moved by per-residue transforms ``(B, R, 3, 3)``, ``(B, R, 3)`` Å:
+        ``(coords (B, R, 3), render_coords (B, G, 3))`` Å. Linear in the transforms, so a weighted
+        mean of transforms places the weighted mean of the structures."""
+        coords = deform_points(self.base_coords, rotations, translations)
         if self.has_gaussian_residue:
             index = self.gaussian_residue
-            render = deform_points(self.gaussian_coords, residue_rotations[:, index], residue_translations[:, index])
-        elif self.separate_gaussians:
-            render = deform_points(self.gaussian_coords, residue_rotations, residue_translations)
-        return Deformation(coords, render, residue_rotations, residue_translations, memberships, rotvecs, translations)
+            return coords, deform_points(self.gaussian_coords, rotations[:, index], translations[:, index])
+        if self.separate_gaussians:
+            return coords, deform_points(self.gaussian_coords, rotations, translations)
+        return coords, coords
 
     def forward(
         self,

@@ -30,7 +30,8 @@ from cryodomain.workflows.references import (
     move_segments,
     piecewise_rigid_limit,
 )
-from cryodomain.workflows.structures import write_coordinates
+from cryodomain.workflows.reweighting import ANCHORS
+from cryodomain.workflows.structures import DEFAULT_ESTIMATE, write_particle_structures
 from cryodomain.workflows.trained_run import TrainedRun
 
 # More conformations than this are shown in contiguous bins in the printed table.
@@ -39,12 +40,11 @@ MAX_TABLE_ROWS = 10
 REFERENCES = ("baseline", "best_single", "rigid_limit")
 
 
-def _decode_run(run: str | Path, out: Path, checkpoint: str | None, device: str) -> tuple[TrainedRun, np.ndarray]:
-    """Load a run and decode every particle's posterior-expected structure (the per-particle
-    structure of ``cryodomain structures``): ``(run, coords (M, R, 3) Å)``, also in ``out/coords.npy``."""
+def _decode_run(run: str | Path, out: Path, checkpoint: str | None, device: str, estimate: str, n_anchors: int) -> tuple[TrainedRun, np.ndarray]:
+    """Load a run and decode every particle's structure as ``cryodomain structures --estimate``
+    does: ``(run, coords (M, R, 3) Å)``, also in ``out/coords.npy``."""
     trained = TrainedRun.load(run, checkpoint, resolve_device(device))
-    posterior = trained.latent_posterior()
-    return trained, write_coordinates(out / "coords.npy", trained.model, posterior.means, stds=posterior.stds)
+    return trained, write_particle_structures(out / "coords.npy", trained, estimate, n_anchors=n_anchors)
 
 
 def per_image_rmsd(predicted: np.ndarray, truth_coords: np.ndarray, conformation: np.ndarray) -> np.ndarray:
@@ -219,6 +219,8 @@ def write_report(
     limit: RigidLimit,
     agreement: dict | None,
     pixel_size_A: float,
+    estimate: str = DEFAULT_ESTIMATE,
+    anchors: int | None = ANCHORS,
 ) -> dict:
     """``rmsd.csv``, ``summary.json`` and, with map agreement, ``fsc.csv`` and ``map_agreement.csv``.
 
@@ -230,6 +232,8 @@ def write_report(
         limit: the piecewise-rigid limit.
         agreement: from :func:`map_agreement`, or None.
         pixel_size_A: of the maps.
+        estimate, anchors: how the run's per-particle structures were estimated (recorded;
+            ``anchors`` None but for ``"reweighted"``).
 
     Returns:
         The summary written to ``summary.json``.
@@ -241,6 +245,8 @@ def write_report(
     result: dict = {
         "n_images": int(len(conformation)),
         "n_conformations": int(n_conformations),
+        "estimate": estimate,
+        **({"anchors": anchors} if anchors is not None else {}),
         "rmsd_A": summary(rmsd["run"]),
         "references": {
             "baseline": {"description": "the unmoved base model", "rmsd_A": summary(rmsd["baseline"])},
@@ -289,14 +295,17 @@ def evaluate_run(
     *,
     map_images: int = 100,
     seed: int = 0,
+    estimate: str = DEFAULT_ESTIMATE,
+    n_anchors: int = ANCHORS,
 ) -> dict:
-    """Decode every particle of a run, score it and the references against the simulation truth.
+    """Decode every particle of a run (by ``estimate`` with ``n_anchors``, see :data:`~cryodomain.workflows.structures.ESTIMATES`),
+    score it and the references against the simulation truth.
 
     Writes the report in ``out`` (see :func:`write_report`); ``map_images=0`` skips the maps.
     Returns the summary.
     """
     out = Path(out)
-    trained, predicted = _decode_run(run, out, checkpoint, device)
+    trained, predicted = _decode_run(run, out, checkpoint, device, estimate, n_anchors)
     model, data = trained.model, trained.data
     truth_coords, conformation = load_truth(truth, len(data.table), data.structure.n_residues)
     truth_coords = np.asarray(truth_coords, dtype=np.float64)
@@ -329,4 +338,5 @@ def evaluate_run(
             seed=seed,
             device=model.base_coords.device,
         )
-    return write_report(out, rmsd, conformation, n_conformations, limit, agreement, data.pixel_size_A)
+    anchors = n_anchors if estimate == "reweighted" else None
+    return write_report(out, rmsd, conformation, n_conformations, limit, agreement, data.pixel_size_A, estimate, anchors)

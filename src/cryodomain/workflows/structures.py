@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Iterator
@@ -15,11 +16,18 @@ from cryodomain.model.cryosphere import CryoSphere
 from cryodomain.model.deformation import deform_atoms
 from cryodomain.progress import progress_bar
 from cryodomain.workflows.distributed import Processes, barrier, share
+from cryodomain.workflows.reweighting import ANCHORS, Reweighting, reweight
+from cryodomain.workflows.trained_run import TrainedRun
 
 # Latent draws per image for a posterior-expected structure: antithetic pairs, the same for every
 # image, so that the result depends neither on the batch size nor on the processes.
 POSTERIOR_SAMPLES = 32
 POSTERIOR_SEED = 0
+# How a particle's structure is estimated from its image (docs/method.md, "Per-particle structures"):
+# "reweighted": weighed by its likelihood over the decoded population (workflows/reweighting.py);
+# "expected": its expectation under the encoder's posterior; "mean": decoded at the latent mean.
+ESTIMATES = ("reweighted", "expected", "mean")
+DEFAULT_ESTIMATE = "reweighted"
 
 
 def posterior_draws(latent_dim: int, samples: int = POSTERIOR_SAMPLES) -> torch.Tensor:
@@ -33,6 +41,7 @@ def decode_batches(
     z: np.ndarray,
     *,
     stds: np.ndarray | None = None,
+    reweighting: Reweighting | None = None,
     atoms_of: AtomicModel | None = None,
     gaussians: bool = False,
     batch_size: int = 128,
@@ -50,24 +59,45 @@ def decode_batches(
     :func:`posterior_draws` ``e``. That is the estimate of least expected squared error; where an
     image says little (high noise) it leans towards the structures the other images support, where
     decoding the mean would not (benchmarks/RESULTS.md, "Per-particle structures").
+
+    With ``reweighting`` (:mod:`~cryodomain.workflows.reweighting`, its rows those of ``z``, the
+    latent means) each structure is the likelihood-weighted mean of the anchors' structures and of
+    the structure at ``z``.
     """
     device = model.base_coords.device
     if atoms_of is not None:
         atom_points = torch.as_tensor(atoms_of.atom_coords, dtype=torch.float32, device=device)
         atom_index = torch.as_tensor(atoms_of.atom_residue_index, device=device)
 
+    def placed(rotations: torch.Tensor, translations: torch.Tensor) -> torch.Tensor:
+        if atoms_of is not None:
+            return deform_atoms(atom_points, atom_index, rotations, translations)
+        coords, render = model.place(rotations, translations)
+        return render if gaussians else coords
+
     def structures(latents: torch.Tensor) -> torch.Tensor:
         deformation = model.decode(latents, sample_segmentation=False)
-        if atoms_of is not None:
-            return deform_atoms(atom_points, atom_index, deformation.rotations, deformation.translations)
-        return deformation.render_coords if gaussians else deformation.coords
+        return placed(deformation.rotations, deformation.translations)
+
+    def reweighted(latents: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
+        # The structures are linear in the residue transforms: average those (K x R x 12 numbers),
+        # not K structures of every atom.
+        own = model.decode(latents, sample_segmentation=False)
+        w = torch.as_tensor(weights, dtype=torch.float32, device=device)
+        rotations = (w[:, :-1] @ anchors.rotations.flatten(1)).view_as(own.rotations) + w[:, -1:, None, None] * own.rotations
+        translations = (w[:, :-1] @ anchors.translations.flatten(1)).view_as(own.translations) + w[:, -1:, None] * own.translations
+        return placed(rotations, translations)
 
     draws = None if stds is None else posterior_draws(z.shape[1]).to(device)
     with torch.no_grad():
+        if reweighting is not None:
+            anchors = model.decode(torch.as_tensor(reweighting.anchors, dtype=torch.float32, device=device), sample_segmentation=False)
         for start in progress_bar(range(0, len(z), batch_size), "structures", enabled=progress):
             rows = slice(start, min(start + batch_size, len(z)))
             mean = torch.as_tensor(z[rows], dtype=torch.float32, device=device)
-            if draws is None:
+            if reweighting is not None:
+                coords = reweighted(mean, reweighting.weights[rows])
+            elif draws is None:
                 coords = structures(mean)
             else:
                 std = torch.as_tensor(stds[rows], dtype=torch.float32, device=device)
@@ -81,11 +111,12 @@ def write_coordinates(
     z: np.ndarray,
     *,
     stds: np.ndarray | None = None,
+    reweighting: Reweighting | None = None,
     atoms_of: AtomicModel | None = None,
     progress: bool = True,
     processes: Processes = Processes(),
 ) -> np.ndarray:
-    """Decode ``z`` (with ``stds``: the posteriors, see :func:`decode_batches`) into ``path``
+    """Decode ``z`` (with ``stds`` or ``reweighting``: see :func:`decode_batches`) into ``path``
     (``.npy`` ``(M, R or A, 3)`` float32), streamed batch by batch; returns the file memory-mapped.
 
     With several processes (torchrun) each decodes a contiguous share of ``z`` into the same file;
@@ -102,8 +133,14 @@ def write_coordinates(
     out = np.load(partial, mmap_mode="r+")
     mine = share(len(z), processes)
     try:
+        mine_reweighting = None if reweighting is None else dataclasses.replace(reweighting, weights=reweighting.weights[mine])
         for rows, coords in decode_batches(
-            model, z[mine], stds=None if stds is None else stds[mine], atoms_of=atoms_of, progress=progress and processes.is_main
+            model,
+            z[mine],
+            stds=None if stds is None else stds[mine],
+            reweighting=mine_reweighting,
+            atoms_of=atoms_of,
+            progress=progress and processes.is_main,
         ):
             out[mine.start + rows.start : mine.start + rows.stop] = coords
         out.flush()
@@ -142,3 +179,29 @@ def write_split_models(directory: Path, structure: AtomicModel, coords: np.ndarr
         if stale.name not in kept:
             stale.unlink()
     return paths
+
+
+def write_particle_structures(
+    path: Path,
+    run: TrainedRun,
+    estimate: str,
+    indices: np.ndarray | None = None,
+    *,
+    atoms_of: AtomicModel | None = None,
+    n_anchors: int = ANCHORS,
+    progress: bool = True,
+    processes: Processes = Processes(),
+) -> np.ndarray:
+    """Each particle's structure by ``estimate`` (one of :data:`ESTIMATES`; ``n_anchors`` for
+    ``"reweighted"``) into ``path`` (see :func:`write_coordinates`), for the particles ``indices``
+    (all when None), in that order."""
+    if estimate not in ESTIMATES:
+        raise ValueError(f"estimate must be one of {ESTIMATES}, got {estimate!r}")
+    posterior = run.latent_posterior(progress=progress, processes=processes)
+    indices = np.arange(len(posterior.means)) if indices is None else np.asarray(indices, dtype=np.int64)
+    z, stds, reweighting = posterior.means[indices], None, None
+    if estimate == "expected":
+        stds = posterior.stds[indices]
+    elif estimate == "reweighted":
+        reweighting = reweight(run, posterior, indices, n_anchors=n_anchors, progress=progress, processes=processes)
+    return write_coordinates(path, run.model, z, stds=stds, reweighting=reweighting, atoms_of=atoms_of, progress=progress, processes=processes)
