@@ -188,3 +188,16 @@ def test_spectrum_gradient_matches_finite_differences():
     widths = torch.rand(5, generator=generator, dtype=torch.float64) + 2.0
     assert torch.autograd.gradcheck(lambda c: gaussian_spectra(c, frequencies, widths, 2.0, 32.0), (coordinates,))
     assert torch.autograd.gradcheck(lambda c: gaussian_spectra(c, frequencies, 2.5, 2.0, 32.0), (coordinates,))
+
+
+def test_spectrum_weights_scale_each_profile_and_keep_their_gradient():
+    generator = torch.Generator().manual_seed(3)
+    coordinates = (torch.randn(2, 5, generator=generator, dtype=torch.float64) * 4).requires_grad_()
+    frequencies = torch.linspace(-0.2, 0.2, 7, dtype=torch.float64)
+    weights = torch.rand(2, 5, generator=generator, dtype=torch.float64) + 0.5
+    unweighted = gaussian_spectra(coordinates, frequencies, 2.5, 2.0, 32.0)
+    for given in (weights[0], weights):  # one amplitude per Gaussian, or per image and Gaussian
+        torch.testing.assert_close(gaussian_spectra(coordinates, frequencies, 2.5, 2.0, 32.0, weights=given), unweighted * given.unsqueeze(-1))
+    assert torch.autograd.gradcheck(lambda c: gaussian_spectra(c, frequencies, 2.5, 2.0, 32.0, weights=weights[0]), (coordinates,))
+    learned = weights.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda c, w: gaussian_spectra(c, frequencies, 2.5, 2.0, 32.0, weights=w), (coordinates, learned))
