@@ -136,7 +136,7 @@ def test_defaults_are_the_measured_best_settings():
 def test_default_epochs_follow_the_data_size():
     config = RunConfig()
     assert config.optim.epochs is None
-    assert with_epochs_for(config, 5000).optim.epochs == 80
+    assert with_epochs_for(config, 5000).optim.epochs == 160
     assert with_epochs_for(config, 100).optim.epochs == 300
     assert with_epochs_for(config, 1_000_000).optim.epochs == 10
     assert with_epochs_for(load_config(None, {"optim.epochs": 7}), 5000).optim.epochs == 7
