@@ -197,6 +197,8 @@ class OptimConfig(_Strict):
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 2e-3
     segmentation_lr: PositiveFloat = 0.2
+    # Share of the epochs before the segmentation learns (its learning rate is 0 until then).
+    segmentation_start: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = False

@@ -45,10 +45,24 @@ def set_l2_weight(optimizer: torch.optim.Optimizer, beta_l2: float) -> None:
         group["weight_decay"] = 2.0 * beta_l2 if group["name"] == "weights" else 0.0
 
 
-def set_learning_rates(optimizer: torch.optim.Optimizer, config: RunConfig, factor: float = 1.0) -> None:
-    """The configuration's learning rates, times ``factor``, on every group (the segmentation has its own)."""
+def set_learning_rates(optimizer: torch.optim.Optimizer, config: RunConfig, epoch: float | None = None) -> None:
+    """The configuration's learning rates on every group (the segmentation has its own), at
+    (fractional) ``epoch`` of the run: times :func:`learning_rate_factor`, and 0 on the segmentation
+    before :func:`segmentation_moves`. None: the configured rates themselves."""
+    factor = 1.0 if epoch is None else learning_rate_factor(config, epoch)
+    moving = epoch is None or segmentation_moves(config, epoch)
     for group in optimizer.param_groups:
-        group["lr"] = factor * (config.optim.segmentation_lr if group["name"] == "segmentation" else config.optim.lr)
+        if group["name"] == "segmentation":
+            group["lr"] = factor * config.optim.segmentation_lr if moving else 0.0
+        else:
+            group["lr"] = factor * config.optim.lr
+
+
+def segmentation_moves(config: RunConfig, epoch: float) -> bool:
+    """Whether the segmentation learns at (fractional) ``epoch``: after the first
+    ``segmentation_start`` share of the epochs, so that the motions are found before the
+    boundaries follow them."""
+    return epoch >= config.optim.segmentation_start * (config.optim.epochs or 0)
 
 
 def learning_rate_factor(config: RunConfig, epoch: float) -> float:

@@ -29,7 +29,7 @@ from cryodomain.workflows.data import batch_bounds, batch_loader, check_pixels, 
 from cryodomain.workflows.distributed import Processes, barrier, reduce_sum, resolve_device, share, step_generator
 from cryodomain.workflows.inputs import TrainingData, build_model, load_training_data
 from cryodomain.workflows.objective import LOGGED_VALUES, TERM_NAMES, StepContext, betas_at, build_context, compute_losses, context_at, weighted_total
-from cryodomain.workflows.optimization import build_optimizer, learning_rate_factor, set_l2_weight, set_learning_rates
+from cryodomain.workflows.optimization import build_optimizer, set_l2_weight, set_learning_rates
 from cryodomain.workflows.run_folder import RunFolder, check_resumable, collect_log, keeps_epoch, load_checkpoint
 from cryodomain.workflows.segment_search import describe, found_config, needs_search, search_config
 from cryodomain.workflows.signals import StopSignals, interrupted
@@ -209,8 +209,7 @@ def train_epoch(
     stop_requested = False
     try:
         for step, batch in enumerate(batches, start=start.step):
-            if config.optim.lr_schedule != "constant":
-                set_learning_rates(trainer.optimizer, config, learning_rate_factor(config, epoch + step / n_steps))
+            set_learning_rates(trainer.optimizer, config, epoch + step / n_steps)
             values, step_images, stop_requested = train_step(trainer, batch, epoch, step, betas, stop=stop)
             n_seen += step_images
             for name in LOGGED_VALUES:
